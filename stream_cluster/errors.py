@@ -1,0 +1,55 @@
+"""One error hierarchy: library code raises these (and built-ins); the CLI prints them in one line."""
+
+from __future__ import annotations
+
+__all__ = [
+    "BudgetError",
+    "CheckpointMismatchError",
+    "ConfigError",
+    "DecodeError",
+    "DiskFullError",
+    "InputError",
+    "RunLockedError",
+    "StoreError",
+    "StreamClusterError",
+]
+
+
+class StreamClusterError(Exception):
+    """Base class of every error stream-cluster raises on purpose."""
+
+
+class ConfigError(StreamClusterError, ValueError):
+    """A setting is malformed or out of range; the message names it and what would work."""
+
+
+class BudgetError(StreamClusterError, ValueError):
+    """The memory budget cannot hold the planned work; the message gives the minimum that would."""
+
+
+class InputError(StreamClusterError, ValueError):
+    """The input folder cannot be used (missing, empty, too few images for the settings)."""
+
+
+class CheckpointMismatchError(StreamClusterError):
+    """A run folder was made with other settings or other inputs than the ones given now."""
+
+
+class StoreError(StreamClusterError):
+    """The on-disk store or a checkpoint is unreadable, torn or tampered with."""
+
+
+class RunLockedError(StreamClusterError):
+    """Another stream-cluster process holds the run folder."""
+
+
+class DiskFullError(StreamClusterError, OSError):
+    """Writing to the run folder failed for lack of space."""
+
+
+class DecodeError(StreamClusterError):
+    """One image cannot be used; ``reason`` is a short, specific explanation recorded in skipped.csv."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
