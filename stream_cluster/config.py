@@ -1,0 +1,224 @@
+"""Settings in one place: a frozen RunConfig, parsed and validated once, before any I/O."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+
+__all__ = ["RunConfig", "format_bytes", "parse_k", "parse_k_range", "parse_mem", "parse_size"]
+
+_UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+_MEM_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:I?B)?\s*$", re.IGNORECASE)
+
+PCA_SOLVERS = ("gram", "sklearn")
+
+
+def parse_mem(text: str | int) -> int:
+    """Parse a memory size such as ``4G``, ``4GB``, ``4GiB``, ``512M`` or ``1.5G`` into bytes.
+
+    Units are binary (1G = 2**30 bytes) whether written G, GB or GiB; a bare number is bytes.
+
+    >>> parse_mem("1.5G")
+    1610612736
+    >>> parse_mem("512M") == 512 * 2**20
+    True
+    """
+    if isinstance(text, int) and not isinstance(text, bool):
+        value = text
+    else:
+        m = _MEM_RE.match(str(text))
+        if not m:
+            raise ConfigError(
+                f"--mem-budget must be a size such as 4G, 4GB, 4GiB, 512M or 1.5G. Got {text!r} instead."
+            )
+        value = int(float(m.group(1)) * _UNITS[m.group(2).upper()])
+    if value <= 0:
+        raise ConfigError(f"--mem-budget must be greater than zero. Got {text!r} instead.")
+    return value
+
+
+def format_bytes(n: float) -> str:
+    """Human-readable binary size, e.g. ``1.50 GiB``.
+
+    >>> format_bytes(3 * 2**30 // 2)
+    '1.50 GiB'
+    """
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """Parse ``WxH`` (e.g. ``300x430``) into ``(width, height)``.
+
+    >>> parse_size("300x430")
+    (300, 430)
+    """
+    m = re.fullmatch(r"\s*(\d+)\s*[xX×]\s*(\d+)\s*", str(text))
+    if not m:
+        raise ConfigError(f"--size must be WIDTHxHEIGHT, e.g. 300x430. Got {text!r} instead.")
+    w, h = int(m.group(1)), int(m.group(2))
+    if w < 1 or h < 1:
+        raise ConfigError(f"--size must have width and height >= 1. Got {text!r} instead.")
+    if w * h > 50_000_000:
+        raise ConfigError(f"--size {w}x{h} has {w * h:,} pixels per image; the limit is 50,000,000.")
+    return w, h
+
+
+def parse_k(text: str | int | None) -> int | None:
+    """Parse ``--k``: ``auto`` (or None) picks k from the elbow; otherwise an integer >= 2."""
+    if text is None or (isinstance(text, str) and text.strip().lower() == "auto"):
+        return None
+    try:
+        k = int(text)
+    except (TypeError, ValueError):
+        raise ConfigError(f"--k must be 'auto' or an integer >= 2. Got {text!r} instead.") from None
+    if k < 2:
+        raise ConfigError(f"--k must be 'auto' or an integer >= 2. Got {k} instead.")
+    return k
+
+
+def parse_k_range(text: str | tuple[int, int]) -> tuple[int, int]:
+    """Parse ``--k-range`` such as ``2:20`` or ``2-20`` (inclusive) into ``(lo, hi)``."""
+    if isinstance(text, tuple):
+        lo, hi = text
+    else:
+        m = re.fullmatch(r"\s*(\d+)\s*[:\-]\s*(\d+)\s*", str(text))
+        if not m:
+            raise ConfigError(f"--k-range must be LO:HI, e.g. 2:20. Got {text!r} instead.")
+        lo, hi = int(m.group(1)), int(m.group(2))
+    if lo < 2 or hi < lo + 2:
+        raise ConfigError(
+            f"--k-range must be LO:HI with LO >= 2 and at least 3 values of k (HI >= LO + 2). "
+            f"Got {lo}:{hi} instead."
+        )
+    return lo, hi
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything a run depends on. Construct it directly or via :meth:`from_options`.
+
+    Parameters
+    ----------
+    input_dir : Path
+        Folder searched recursively for images.
+    out_dir : Path
+        Run folder; holds the store, checkpoints and results. Rerunning with the same
+        folder resumes.
+    mem_budget : int
+        Peak RSS of the whole process tree (workers included) in bytes.
+    width, height : int
+        Every image is letterboxed to this size, grey, so one image is ``width*height`` features.
+    n_components : int
+        PCA components; with ``variance`` set, the cap up to which PCA is fitted.
+    variance : float or None
+        Keep the fewest components whose cumulative explained variance reaches this.
+    k : int or None
+        Number of clusters; None picks it from the elbow of ``k_range``.
+    """
+
+    input_dir: Path
+    out_dir: Path
+    mem_budget: int = 4 * 2**30
+    width: int = 300
+    height: int = 430
+    n_components: int = 800
+    variance: float | None = None
+    k: int | None = None
+    k_range: tuple[int, int] = (2, 20)
+    elbow: bool | None = None
+    seed: int = 0
+    workers: int | None = None
+    batch_size: int | None = None
+    pca_solver: str = "gram"
+    follow_symlinks: bool = False
+    strict: bool = False
+    profile_memory: bool = False
+    montage_images: int = 48
+    extra: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "input_dir", Path(self.input_dir))
+        object.__setattr__(self, "out_dir", Path(self.out_dir))
+        self.validate()
+
+    def validate(self) -> None:
+        """Check every setting against its rule; raise ConfigError naming the first bad one."""
+        if self.mem_budget <= 0:
+            raise ConfigError(f"--mem-budget must be > 0. Got {self.mem_budget} instead.")
+        if self.width < 1 or self.height < 1:
+            raise ConfigError(f"--size must be >= 1x1. Got {self.width}x{self.height} instead.")
+        if self.n_components < 1:
+            raise ConfigError(f"--components must be >= 1. Got {self.n_components} instead.")
+        if self.n_components > self.width * self.height:
+            raise ConfigError(
+                f"--components ({self.n_components}) cannot exceed the number of pixels per image "
+                f"({self.width}x{self.height} = {self.width * self.height}). Use fewer components "
+                f"or a larger --size."
+            )
+        if self.variance is not None and not (0.0 < self.variance <= 1.0):
+            raise ConfigError(f"--variance must be in (0, 1]. Got {self.variance} instead.")
+        if self.k is not None and self.k < 2:
+            raise ConfigError(f"--k must be 'auto' or an integer >= 2. Got {self.k} instead.")
+        parse_k_range(self.k_range)
+        if self.pca_solver not in PCA_SOLVERS:
+            raise ConfigError(
+                f"--pca-solver must be one of {', '.join(PCA_SOLVERS)}. Got {self.pca_solver!r} instead."
+            )
+        if self.workers is not None and self.workers < 0:
+            raise ConfigError(f"--workers must be >= 0. Got {self.workers} instead.")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise ConfigError(f"--batch-size must be >= 1. Got {self.batch_size} instead.")
+        if self.montage_images < 1:
+            raise ConfigError(f"--montage-images must be >= 1. Got {self.montage_images}.")
+        if self.out_dir.exists() and not self.out_dir.is_dir():
+            raise ConfigError(
+                f"--out {self.out_dir} exists and is a file, not a folder. Give a folder path."
+            )
+
+    @property
+    def n_features(self) -> int:
+        """Values per image (one grey byte per pixel)."""
+        return self.width * self.height
+
+    @property
+    def do_elbow(self) -> bool:
+        """Sweep k for the elbow plot: always with ``k=auto``, on request with a fixed k."""
+        return True if self.k is None else bool(self.elbow)
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready settings (paths as strings)."""
+        d = dataclasses.asdict(self)
+        d.pop("extra")
+        d["input_dir"] = os.fsdecode(self.input_dir)
+        d["out_dir"] = os.fsdecode(self.out_dir)
+        d["k_range"] = list(self.k_range)
+        return d
+
+    def stage_key(self, stage: str) -> dict[str, Any]:
+        """The settings that decide a stage's result; a change in them invalidates the stage."""
+        keys = {
+            "ingest": ["width", "height", "follow_symlinks"],
+            "pca": ["n_components", "pca_solver", "seed"],
+            "elbow": ["k_range", "seed", "variance"],
+            "cluster": ["k", "seed", "variance"],
+        }[stage]
+        d = self.as_dict()
+        return {k: d[k] for k in keys}
+
+
+def fingerprint(obj: Any) -> str:
+    """Stable short hash of a JSON-serialisable object."""
+    raw = json.dumps(obj, sort_keys=True, default=str).encode()
+    return hashlib.sha256(raw).hexdigest()[:16]
