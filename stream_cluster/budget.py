@@ -1,0 +1,216 @@
+"""Memory planner: from the budget, image size and components to batch sizes and worker count.
+
+Pure functions, no I/O. Each stage's peak is modelled explicitly (interpreter and libraries,
+model arrays, batch buffers, solver workspace, decode workers) from terms measured on the real
+code; the plan takes the largest batches that keep every stage under the budget, or raises
+BudgetError with the smallest budget that would work and settings that would fit this one.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+from .config import format_bytes
+from .decode import decode_worker_bytes
+from .errors import BudgetError
+from .pca import pca_memory_bytes
+
+__all__ = ["PARENT_BASE_BYTES", "WORKER_BASE_BYTES", "MemoryPlan", "plan_memory"]
+
+#: RSS of the main process with numpy, scikit-learn, h5py, OpenCV, pyvips and matplotlib
+#: imported and OpenBLAS buffers allocated (measured 199 MiB; rounded up for Python objects).
+PARENT_BASE_BYTES = 260 * 2**20
+#: RSS of a spawned decode worker with numpy, OpenCV and pyvips imported (measured 53 MiB).
+WORKER_BASE_BYTES = 80 * 2**20
+#: Fraction of the budget the model may fill; the rest absorbs allocator slack and page noise.
+SAFETY = 0.90
+#: Images one decode task carries back to the parent.
+DECODE_CHUNK = 8
+#: Upper bound on rows per store segment (a segment is the unit lost to a kill during ingest).
+MAX_SEGMENT_ROWS = 512
+
+
+def _best_pca_batch(n_components: int) -> int:
+    # Flops per image of the Gram update ~ k^2/b + 2k + b/2 (in units of 2*d): least at b = k*sqrt(2).
+    return max(n_components, int(round(n_components * math.sqrt(2))), 256)
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    """Batch sizes and workers for one run, with the modelled peak of every stage in bytes."""
+
+    budget: int
+    pca_batch: int
+    embed_batch: int
+    segment_rows: int
+    workers: int
+    features_in_memory: bool
+    stage_bytes: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def peak_bytes(self) -> int:
+        """Largest modelled stage peak."""
+        return max(self.stage_bytes.values())
+
+    def as_dict(self) -> dict[str, object]:
+        """JSON-ready form for run.json."""
+        return asdict(self)
+
+    def describe(self) -> str:
+        """Multi-line human summary of the plan."""
+        lines = [
+            f"memory budget {format_bytes(self.budget)} (plan fills at most {SAFETY:.0%})",
+            f"  PCA batch {self.pca_batch} images, embed batch {self.embed_batch}, "
+            f"store segments of {self.segment_rows}, {self.workers} decode worker(s), "
+            f"features {'in memory' if self.features_in_memory else 'streamed'} for k-means",
+        ]
+        for stage, b in self.stage_bytes.items():
+            lines.append(f"  {stage:<8} modelled peak {format_bytes(b)}")
+        return "\n".join(lines)
+
+
+def _ingest_bytes(workers: int, segment_rows: int, n_features: int, width: int, height: int) -> int:
+    in_flight = 2 * max(workers, 1) * DECODE_CHUNK * n_features  # result queue, uint8
+    decoders = workers * (WORKER_BASE_BYTES + decode_worker_bytes(width, height))
+    if workers == 0:  # decode in the main process
+        decoders = decode_worker_bytes(width, height)
+    return PARENT_BASE_BYTES + segment_rows * n_features + in_flight + decoders
+
+
+def _pca_bytes(k: int, b: int, d: int, solver: str) -> int:
+    # pca_memory_bytes counts the model, the float32 batch and the solver workspace; the
+    # uint8 rows read from the store before conversion come on top.
+    return PARENT_BASE_BYTES + pca_memory_bytes(k, b, d, solver) + b * d
+
+
+def _embed_bytes(k: int, b: int, d: int) -> int:
+    # components (float32) + mean (float64) + uint8 rows + float32 rows + output features
+    return PARENT_BASE_BYTES + k * d * 4 + d * 8 + b * d * 5 + b * k * 8
+
+
+def _kmeans_bytes(n_images: int, k_out: int, in_memory: bool, b: int, max_k: int) -> int:
+    rows = n_images if in_memory else b
+    # features, a float64 copy inside scikit-learn's checks, distances/labels per row
+    return PARENT_BASE_BYTES + rows * k_out * 12 + rows * max_k * 8 * 2
+
+
+def plan_memory(
+    budget: int,
+    *,
+    n_images: int,
+    width: int,
+    height: int,
+    n_components: int,
+    solver: str = "gram",
+    workers: int | None = None,
+    batch_size: int | None = None,
+    cpu_count: int = 2,
+    max_k: int = 20,
+) -> MemoryPlan:
+    """Choose batch sizes and workers so that every stage's modelled peak fits ``budget``.
+
+    Raises
+    ------
+    BudgetError
+        If even the smallest batch IncrementalPCA accepts (``n_components`` rows) does not fit;
+        the message gives the minimum budget and smaller settings that would fit this budget.
+    """
+    d = width * height
+    k = n_components
+    usable = int(budget * SAFETY)
+    min_batch = k
+
+    if batch_size is not None:
+        if batch_size < k:
+            raise BudgetError(
+                f"--batch-size must be >= --components ({k}) for incremental PCA. "
+                f"Got {batch_size} instead."
+            )
+        candidates = [batch_size]
+    else:
+        best = _best_pca_batch(k)
+        candidates = sorted({best, *range(best, min_batch - 1, -max(1, (best - min_batch) // 16 or 1)),
+                             min_batch}, reverse=True)
+    pca_batch = next((b for b in candidates if _pca_bytes(k, b, d, solver) <= usable), None)
+    if pca_batch is None:
+        need = _pca_bytes(k, candidates[-1], d, solver)
+        raise BudgetError(_too_small_message(budget, need, k, width, height, solver, batch_size))
+    # Never read more than there is: a batch past the image count only wastes budget.
+    pca_batch = max(min(pca_batch, max(n_images, min_batch)), min_batch)
+
+    embed_batch = pca_batch
+    segment_rows = min(MAX_SEGMENT_ROWS, pca_batch)
+    n_workers = max(1, cpu_count) if workers is None else workers
+    while n_workers > 0 and _ingest_bytes(n_workers, segment_rows, d, width, height) > usable:
+        n_workers -= 1
+    while segment_rows > 16 and _ingest_bytes(n_workers, segment_rows, d, width, height) > usable:
+        segment_rows //= 2
+    if _ingest_bytes(n_workers, segment_rows, d, width, height) > usable:
+        need = _ingest_bytes(0, segment_rows, d, width, height)
+        raise BudgetError(
+            f"--mem-budget {format_bytes(budget)} cannot decode images: decoding alone needs "
+            f"{format_bytes(need / SAFETY)}. Give --mem-budget {_round_up(need / SAFETY)} or more."
+        )
+    if workers is not None and n_workers < workers:
+        raise BudgetError(
+            f"--workers {workers} does not fit --mem-budget {format_bytes(budget)}: at most "
+            f"{n_workers} decode worker(s) fit. Lower --workers or raise the budget."
+        )
+
+    k_out = k
+    in_memory = _kmeans_bytes(n_images, k_out, True, embed_batch, max_k) <= usable
+    stage_bytes = {
+        "ingest": _ingest_bytes(n_workers, segment_rows, d, width, height),
+        "pca": _pca_bytes(k, pca_batch, d, solver),
+        "embed": _embed_bytes(k, embed_batch, d),
+        "kmeans": _kmeans_bytes(n_images, k_out, in_memory, embed_batch, max_k),
+    }
+    return MemoryPlan(
+        budget=budget,
+        pca_batch=pca_batch,
+        embed_batch=embed_batch,
+        segment_rows=segment_rows,
+        workers=n_workers,
+        features_in_memory=in_memory,
+        stage_bytes=stage_bytes,
+    )
+
+
+def _round_up(nbytes: float) -> str:
+    """Smallest budget string in 0.25 GiB (or 64 MiB) steps that holds ``nbytes``."""
+    if nbytes >= 2**30:
+        return f"{math.ceil(nbytes / 2**28) / 4:g}G"
+    return f"{math.ceil(nbytes / 2**26) * 64}M"
+
+
+def _too_small_message(
+    budget: int, need: int, k: int, width: int, height: int, solver: str, batch: int | None
+) -> str:
+    usable = budget * SAFETY
+    d = width * height
+    # Largest component count that fits at this size, and the largest size (same aspect) that
+    # fits these components: both by bisection on the same model.
+    lo, hi = 0, k
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if _pca_bytes(mid, mid, d, solver) <= usable else (lo, mid - 1)
+    fit_k = lo
+    lo_s, hi_s = 0.0, 1.0
+    for _ in range(30):
+        mid_s = (lo_s + hi_s) / 2
+        w, h = max(1, int(width * mid_s)), max(1, int(height * mid_s))
+        ok = w * h >= k and _pca_bytes(k, k, w * h, solver) <= usable
+        lo_s, hi_s = (mid_s, hi_s) if ok else (lo_s, mid_s)
+    fit_w, fit_h = int(width * lo_s), int(height * lo_s)
+    options = [f"--mem-budget {_round_up(need / SAFETY)}"]
+    if fit_k >= 1:
+        options.append(f"--components {fit_k}")
+    if fit_w * fit_h >= k and fit_w >= 1 and fit_h >= 1:
+        options.append(f"--size {fit_w}x{fit_h}")
+    what = f"batch {batch}" if batch else f"the smallest batch ({k} images)"
+    return (
+        f"--mem-budget {format_bytes(budget)} is too small for {k} PCA components on "
+        f"{width}x{height} images: incremental PCA with {what} needs {format_bytes(need)}. "
+        f"Use one of: {' or '.join(options)}."
+    )
