@@ -1,0 +1,47 @@
+"""stream-cluster: cluster large folders of images on a laptop, under a memory budget.
+
+Images stream in batches into an on-disk HDF5 store, an exact incremental PCA and k-means;
+peak RSS of the whole process tree stays under the budget; interrupted runs resume.
+
+>>> from stream_cluster import RunConfig, run                    # doctest: +SKIP
+>>> result = run(RunConfig("photos/", "runs/photos", mem_budget=2 * 2**30, k=10))  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from .config import RunConfig, parse_mem, parse_size  # noqa: E402
+from .errors import (  # noqa: E402
+    BudgetError,
+    CheckpointMismatchError,
+    ConfigError,
+    DecodeError,
+    DiskFullError,
+    InputError,
+    RunLockedError,
+    StoreError,
+    StreamClusterError,
+)
+from .pipeline import ProgressEvent, RunResult, iter_run, plan, run  # noqa: E402
+
+__all__ = [
+    "BudgetError",
+    "CheckpointMismatchError",
+    "ConfigError",
+    "DecodeError",
+    "DiskFullError",
+    "InputError",
+    "ProgressEvent",
+    "RunConfig",
+    "RunLockedError",
+    "RunResult",
+    "StoreError",
+    "StreamClusterError",
+    "__version__",
+    "iter_run",
+    "parse_mem",
+    "parse_size",
+    "plan",
+    "run",
+]

@@ -1,0 +1,669 @@
+"""Drive the stages (scan, ingest, pca, embed, elbow, cluster, report) with resume and budget.
+
+:func:`iter_run` yields :class:`ProgressEvent` objects and does no printing; :func:`run`
+consumes them. Every stage records its progress in ``state.json`` at batch granularity after
+its data is durable, so rerunning the same command after a kill continues where it stopped and
+ends with the same labels as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+import platform
+import shutil
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import __version__
+from .budget import MemoryPlan, plan_memory
+from .checkpoint import RunLock, RunState, load_arrays, save_arrays
+from .config import RunConfig, fingerprint, format_bytes
+from .errors import (
+    CheckpointMismatchError,
+    ConfigError,
+    DiskFullError,
+    InputError,
+)
+from .ingest import ingest
+from .kmeans import FeatureSource, KMeansResult, fit_kmeans
+from .memprofile import MemorySampler
+from .pca import StreamingPCA
+from .scan import scan
+from .selection import find_knee
+from .store import RowStore, atomic_write_bytes
+
+__all__ = ["STAGES", "ProgressEvent", "RunResult", "iter_run", "plan", "run"]
+
+logger = logging.getLogger(__name__)
+
+STAGES = ("scan", "ingest", "pca", "embed", "elbow", "cluster", "report")
+#: Files and folders a run creates; ``fresh=True`` removes only these.
+RUN_FILES = (
+    "state.json", "files.json", "pixels", "features", "pca-checkpoint.h5", "pca.h5",
+    "kmeans.h5", "labels.csv", "skipped.csv", "run.json", "elbow.png", "variance.png",
+    "montages", "index.html", "memory.csv", "memory.png",
+)
+PCA_CHECKPOINT_SECONDS = 20.0
+
+
+@dataclass(frozen=True)
+class ProgressEvent:
+    """One step of progress: ``done`` of ``total`` units in ``stage``, and memory right now."""
+
+    stage: str
+    done: int
+    total: int
+    unit: str
+    rss_bytes: int
+    budget: int
+    skipped: int = 0
+    message: str = ""
+
+
+@dataclass
+class RunResult:
+    """What a finished run produced (all paths inside ``out_dir``)."""
+
+    out_dir: Path
+    n_images: int
+    n_skipped: int
+    n_components: int
+    explained_variance: float
+    k: int
+    inertia: float
+    cluster_sizes: list[int]
+    elbow: dict[int, float] = field(default_factory=dict)
+    peak_rss: int = 0
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+
+
+def plan(config: RunConfig, n_images: int) -> MemoryPlan:
+    """The memory plan a run of ``config`` on ``n_images`` images would use (raises BudgetError)."""
+    return plan_memory(
+        config.mem_budget,
+        n_images=n_images,
+        width=config.width,
+        height=config.height,
+        n_components=config.n_components,
+        solver=config.pca_solver,
+        workers=config.workers,
+        batch_size=config.batch_size,
+        cpu_count=os.cpu_count() or 1,
+        max_k=max(config.k_range[1], config.k or 2),
+    )
+
+
+def run(config: RunConfig, *, fresh: bool = False) -> RunResult:
+    """Run (or resume) the whole pipeline and return its result."""
+    gen = iter_run(config, fresh=fresh)
+    while True:
+        try:
+            next(gen)
+        except StopIteration as stop:
+            result: RunResult = stop.value
+            return result
+
+
+def _prepare_out_dir(config: RunConfig, fresh: bool) -> None:
+    out = config.out_dir
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except PermissionError:
+        raise ConfigError(
+            f"Cannot write to the output folder {out} (permission denied). "
+            f"Choose a writable folder with --out."
+        ) from None
+    except FileExistsError:
+        raise ConfigError(f"--out {out} exists and is not a folder. Give a folder path.") from None
+    except OSError as exc:
+        raise ConfigError(f"Cannot use the output folder {out}: {exc.strerror or exc}.") from None
+    if fresh:
+        for name in RUN_FILES:
+            p = out / name
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p)
+            elif p.exists() or p.is_symlink():
+                p.unlink()
+
+
+def _differences(old: dict[str, Any], new: dict[str, Any]) -> str:
+    parts = []
+    for key in sorted(set(old) | set(new)):
+        if old.get(key) != new.get(key):
+            parts.append(f"{key}: {old.get(key)!r} -> {new.get(key)!r}")
+    return "; ".join(parts)
+
+
+def _check_settings(state: RunState, config: RunConfig) -> None:
+    """Refuse to mix expensive stages made with other settings; reset cheap ones."""
+    for stage in ("ingest", "pca"):
+        rec = state.stage(stage)
+        if rec and rec.get("key") != config.stage_key(stage):
+            raise CheckpointMismatchError(
+                f"The run folder {config.out_dir} was made with other {stage} settings "
+                f"({_differences(rec.get('key') or {}, config.stage_key(stage))}). Rerun with "
+                f"--fresh to discard it and start over, or give another --out folder."
+            )
+    for stage in ("elbow", "cluster"):
+        rec = state.stage(stage)
+        if rec and rec.get("key") != config.stage_key(stage):
+            logger.info("settings for %s changed; it will run again", stage)
+            state.reset([stage, "report"])
+
+
+def _check_inputs(state: RunState, out: Path, files: list[str], digest: str) -> None:
+    rec = state.stage("ingest")
+    if not rec or rec.get("files_digest") == digest:
+        return
+    old: list[str] = []
+    try:
+        old = json.loads((out / "files.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        pass
+    added = sorted(set(files) - set(old))
+    removed = sorted(set(old) - set(files))
+    changed = "" if (added or removed) else " some files were modified (size or time)"
+    detail = ", ".join(
+        x
+        for x in (
+            f"{len(added)} added (e.g. {added[0]!r})" if added else "",
+            f"{len(removed)} removed (e.g. {removed[0]!r})" if removed else "",
+        )
+        if x
+    )
+    raise CheckpointMismatchError(
+        f"The input folder changed since the run folder {out} was made: {detail}{changed}. "
+        f"Rerun with --fresh to start over on the current files, or give another --out folder."
+    )
+
+
+def _check_disk(out: Path, need: int) -> None:
+    free = shutil.disk_usage(out).free
+    if free < need:
+        raise DiskFullError(
+            f"The output folder {out} has {format_bytes(free)} free but this run needs about "
+            f"{format_bytes(need)}. Free space or choose another --out, then rerun."
+        )
+
+
+def _versions() -> dict[str, str]:
+    import cv2
+    import h5py
+    import sklearn
+
+    try:
+        import pyvips
+
+        vips = f"{pyvips.version(0)}.{pyvips.version(1)}.{pyvips.version(2)}"
+    except Exception:  # libvips missing: decode falls back to OpenCV only
+        vips = "unavailable"
+    return {
+        "stream_cluster": __version__,
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "scikit-learn": sklearn.__version__,
+        "h5py": h5py.__version__,
+        "opencv": cv2.__version__,
+        "libvips": vips,
+    }
+
+
+def _write_csv(path: Path, header: list[str], rows: list[list[Any]]) -> None:
+    import io
+
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(header)
+    w.writerows(rows)
+    # Non-UTF-8 file names keep their original bytes (surrogateescape) so they map back to files.
+    atomic_write_bytes(path, buf.getvalue().encode("utf-8", errors="surrogateescape"))
+
+
+def iter_run(config: RunConfig, *, fresh: bool = False) -> Iterator[ProgressEvent]:
+    """Run the pipeline, yielding progress; returns a :class:`RunResult` (``StopIteration.value``).
+
+    Everything that can be checked before heavy work is checked first: settings, input folder,
+    image count against components and k, the memory plan and free disk space.
+    """
+    _prepare_out_dir(config, fresh)
+    out = config.out_dir
+    csv_path = out / "memory.csv" if config.profile_memory else None
+    with RunLock(out), MemorySampler(csv_path=csv_path) as sampler:
+        runner = _Runner(config, out, sampler)
+        result = yield from runner.run()
+        return result
+
+
+class _Runner:
+    """State of one invocation; each stage is a method that yields progress events."""
+
+    def __init__(self, config: RunConfig, out: Path, sampler: MemorySampler) -> None:
+        self.config = config
+        self.out = out
+        self.sampler = sampler
+        self.state = RunState(out / "state.json")
+        self.stage_seconds: dict[str, float] = {}
+        self.skipped: list[tuple[str, str]] = []
+
+    def event(self, stage: str, done: int, total: int, unit: str = "images",
+              message: str = "") -> ProgressEvent:
+        return ProgressEvent(stage, done, total, unit, self.sampler.current,
+                             self.config.mem_budget, len(self.skipped), message)
+
+    def _enter(self, stage: str) -> float:
+        self.sampler.stage = stage
+        return time.perf_counter()
+
+    def _leave(self, stage: str, t0: float) -> None:
+        self.sampler.sample()
+        dt = time.perf_counter() - t0
+        rec = self.state.stage(stage)
+        self.stage_seconds[stage] = dt
+        self.state.update(
+            stage,
+            seconds=float(rec.get("seconds", 0.0)) + dt,
+            peak_rss=max(int(rec.get("peak_rss", 0)), self.sampler.stage_peaks.get(stage, 0)),
+        )
+
+    # -- the whole run ---------------------------------------------------------------------
+    def run(self) -> Iterator[ProgressEvent]:
+        cfg = self.config
+        _check_settings(self.state, cfg)
+        t0 = self._enter("scan")
+        found = scan(cfg.input_dir, follow_external_symlinks=cfg.follow_symlinks)
+        from .scan import files_digest
+
+        files = found.files
+        digest = files_digest(files, found.root)
+        _check_inputs(self.state, self.out, files, digest)
+        if not files:
+            raise InputError(
+                f"No images found in {cfg.input_dir} (looked recursively for .png .jpg .jpeg "
+                f".bmp .tif .tiff .webp .gif; hidden files are ignored). Point to a folder of images."
+            )
+        if len(files) < cfg.n_components:
+            raise InputError(
+                f"{cfg.input_dir} has {len(files)} images but --components is {cfg.n_components}: "
+                f"PCA needs at least as many images as components. Use --components "
+                f"{len(files)} or fewer, or add images."
+            )
+        if cfg.k is not None and cfg.k > len(files):
+            raise InputError(
+                f"--k {cfg.k} is larger than the number of images ({len(files)}). Use a smaller --k."
+            )
+        mem_plan = self._plan(len(files))
+        d = cfg.n_features
+        _check_disk(self.out, self._disk_need(len(files), mem_plan))
+        if not self.state.stage("ingest"):
+            atomic_write_bytes(
+                self.out / "files.json", json.dumps(files).encode("utf-8")
+            )
+            self.state.update("ingest", key=cfg.stage_key("ingest"), files_digest=digest,
+                              n_files=len(files), next_file=0, segments=0, skipped=[])
+        self.scan_skipped = [tuple(x) for x in found.skipped]
+        self._leave("scan", t0)
+        yield self.event("scan", len(files), len(files), "files",
+                         f"{len(files)} image files; plan: {mem_plan.describe()}")
+
+        pixels = RowStore(self.out / "pixels", d, np.uint8)
+        yield from self._ingest(found.root, files, pixels, mem_plan)
+        n = len(pixels)
+        if n < cfg.n_components:
+            raise InputError(
+                f"Only {n} of {len(files)} images could be decoded ({len(self.skipped)} skipped, "
+                f"see {self.out / 'skipped.csv'}), fewer than --components {cfg.n_components}. "
+                f"Use --components {max(n, 1)} or fewer."
+            )
+        if cfg.strict and self.skipped:
+            raise InputError(
+                f"--strict: {len(self.skipped)} image(s) could not be used, e.g. "
+                f"{self.skipped[0][0]!r}: {self.skipped[0][1]}. See {self.out / 'skipped.csv'}."
+            )
+        model = yield from self._pca(pixels, mem_plan)
+        features = yield from self._embed(pixels, model, mem_plan)
+        del model
+        source = self._feature_source(features, mem_plan)
+        elbow, knee = yield from self._elbow(source)
+        k = cfg.k if cfg.k is not None else (knee or cfg.k_range[0])
+        km = yield from self._cluster(source, k)
+        yield from self._report(pixels, km, elbow, knee, k, mem_plan)
+        return self._result(n, km, elbow, k)
+
+    def _plan(self, n_files: int) -> MemoryPlan:
+        mem_plan = plan(self.config, n_files)
+        rec = self.state.stage("pca")
+        # A PCA in progress keeps its batch size (the result depends on it) if it still fits.
+        if rec and not rec.get("done") and rec.get("batch") and rec["batch"] != mem_plan.pca_batch:
+            try:
+                pinned = plan_memory(
+                    self.config.mem_budget, n_images=n_files, width=self.config.width,
+                    height=self.config.height, n_components=self.config.n_components,
+                    solver=self.config.pca_solver, workers=self.config.workers,
+                    batch_size=int(rec["batch"]), cpu_count=os.cpu_count() or 1,
+                )
+                mem_plan = pinned
+            except Exception:
+                logger.warning("PCA batch %s no longer fits the budget; PCA restarts", rec["batch"])
+                self.state.reset(["pca", "embed", "elbow", "cluster", "report"])
+                (self.out / "pca-checkpoint.h5").unlink(missing_ok=True)
+        return mem_plan
+
+    def _disk_need(self, n_files: int, mem_plan: MemoryPlan) -> int:
+        cfg = self.config
+        done_rows = 0
+        if (self.out / "pixels").exists():
+            done_rows = sum(p.stat().st_size for p in (self.out / "pixels").glob("seg-*.h5"))
+        pixels = max(0, n_files * cfg.n_features - done_rows)
+        model = 2 * cfg.n_components * cfg.n_features * 4 * (0 if self.state.stage("pca").get("done") else 1)
+        return int(pixels + model + n_files * cfg.n_components * 4 + 16 * 2**20)
+
+    # -- stages ------------------------------------------------------------------------------
+    def _ingest(self, root: Path, files: list[str], pixels: RowStore,
+                mem_plan: MemoryPlan) -> Iterator[ProgressEvent]:
+        cfg = self.config
+        rec = self.state.stage("ingest")
+        self.skipped = [*self.scan_skipped, *[tuple(x) for x in rec.get("skipped", [])]]
+        if rec.get("done"):
+            return
+        t0 = self._enter("ingest")
+        pixels.truncate_segments(int(rec.get("segments", 0)))
+        start = int(rec.get("next_file", 0))
+        prior = [tuple(x) for x in rec.get("skipped", [])]
+        done = start
+        total = len(files)
+        yield self.event("ingest", done, total)
+        pending: list[int] = []
+        for prog in ingest(root, files, pixels, width=cfg.width, height=cfg.height,
+                           workers=mem_plan.workers, segment_rows=mem_plan.segment_rows,
+                           start_file=start, skipped=prior, on_images=pending.append):
+            self.state.update("ingest", next_file=prog.next_file, segments=prog.n_segments,
+                              skipped=[list(s) for s in prog.skipped])
+            self.skipped = [*self.scan_skipped, *prog.skipped]
+            done = prog.next_file
+            yield self.event("ingest", done, total)
+        self._write_skipped()
+        self.state.update("ingest", done=True, rows=len(pixels))
+        self._leave("ingest", t0)
+
+    def _write_skipped(self) -> None:
+        _write_csv(self.out / "skipped.csv", ["path", "reason"],
+                   [[p, r] for p, r in self.skipped])
+
+    def _pca(self, pixels: RowStore, mem_plan: MemoryPlan) -> Iterator[ProgressEvent]:
+        cfg = self.config
+        rec = self.state.stage("pca")
+        n = len(pixels)
+        final = self.out / "pca.h5"
+        if rec.get("done") and final.exists():
+            arrays, _ = load_arrays(final)
+            return StreamingPCA.from_state(arrays)
+        t0 = self._enter("pca")
+        b = mem_plan.pca_batch
+        ckpt = self.out / "pca-checkpoint.h5"
+        model: StreamingPCA | None = None
+        cursor = 0
+        if rec.get("batch") == b and ckpt.exists():
+            arrays, meta = load_arrays(ckpt)
+            if meta.get("batch") == b and meta.get("key") == cfg.stage_key("pca"):
+                model = StreamingPCA.from_state(arrays)
+                cursor = int(meta["cursor"])
+                logger.info("resuming PCA at image %d of %d", cursor, n)
+        if model is None:
+            model = StreamingPCA(cfg.n_components, solver=cfg.pca_solver, copy=False)
+        self.state.update("pca", key=cfg.stage_key("pca"), batch=b, done=False)
+        last_save = time.perf_counter()
+        yield self.event("pca", cursor, n)
+        scale = np.float32(1.0 / 255.0)
+        # Batches sit at fixed offsets so a resumed run replays exactly the same partial_fits.
+        # Only the first batch must hold >= n_components rows (b >= k and n >= k ensure it).
+        for lo in range(cursor, n, b):
+            hi = min(lo + b, n)
+            x = np.multiply(pixels.read(lo, hi), scale, dtype=np.float32)
+            model.partial_fit(x)
+            del x
+            cursor = hi
+            now = time.perf_counter()
+            if cursor == n or now - last_save >= PCA_CHECKPOINT_SECONDS:
+                save_arrays(ckpt, model.get_state(),
+                            {"cursor": cursor, "batch": b, "key": cfg.stage_key("pca")})
+                self.state.update("pca", cursor=cursor)
+                last_save = time.perf_counter()
+            yield self.event("pca", cursor, n)
+        evr = np.asarray(model.explained_variance_ratio_, dtype=np.float64)
+        n_keep = len(evr)
+        if cfg.variance is not None:
+            reach = np.nonzero(np.cumsum(evr) >= cfg.variance - 1e-12)[0]
+            if len(reach):
+                n_keep = int(reach[0]) + 1
+            else:
+                logger.warning(
+                    "%d components explain %.3f of the variance, below --variance %.3f; keeping "
+                    "all. Raise --components to reach the target.",
+                    len(evr), float(np.sum(evr)), cfg.variance,
+                )
+        os.replace(ckpt, final)
+        self.state.update(
+            "pca", done=True, n_keep=n_keep, explained_variance=float(np.sum(evr[:n_keep])),
+            explained_variance_ratio=[float(v) for v in evr],
+        )
+        self._leave("pca", t0)
+        return model
+
+    def _embed(self, pixels: RowStore, model: StreamingPCA,
+               mem_plan: MemoryPlan) -> Iterator[ProgressEvent]:
+        cfg = self.config
+        n_keep = int(self.state.stage("pca")["n_keep"])
+        features = RowStore(self.out / "features", n_keep, np.float32)
+        rec = self.state.stage("embed")
+        n = len(pixels)
+        if rec.get("done") and len(features) == n:
+            return features
+        t0 = self._enter("embed")
+        if rec.get("key") != self.state.stage("pca").get("key"):
+            features.truncate_segments(0)
+            self.state.update("embed", key=self.state.stage("pca").get("key"), segments=0)
+            rec = self.state.stage("embed")
+        features.truncate_segments(int(rec.get("segments", 0)))
+        b = mem_plan.embed_batch
+        names = pixels.names()
+        scale = np.float32(1.0 / 255.0)
+        yield self.event("embed", len(features), n)
+        for lo in range(len(features), n, b):
+            x = np.multiply(pixels.read(lo, lo + b), scale, dtype=np.float32)
+            z = model.transform(x)[:, :n_keep]
+            del x
+            features.append(np.ascontiguousarray(z, dtype=np.float32), names[lo : lo + len(z)])
+            self.state.update("embed", segments=features.n_segments)
+            yield self.event("embed", len(features), n)
+        self.state.update("embed", done=True)
+        self._leave("embed", t0)
+        return features
+
+    def _feature_source(self, features: RowStore, mem_plan: MemoryPlan) -> FeatureSource:
+        if mem_plan.features_in_memory:
+            return FeatureSource(features.read(0, len(features)), batch_size=4096)
+        return FeatureSource(features, batch_size=max(mem_plan.embed_batch, 1024))
+
+    def _elbow(self, source: FeatureSource) -> Iterator[ProgressEvent]:
+        cfg = self.config
+        if not cfg.do_elbow:
+            return {}, None
+        lo, hi = cfg.k_range
+        hi = min(hi, len(source) - 1)
+        ks = list(range(lo, hi + 1))
+        rec = self.state.stage("elbow")
+        if rec.get("key") != cfg.stage_key("elbow"):
+            self.state.update("elbow", key=cfg.stage_key("elbow"), inertias={}, done=False)
+            rec = self.state.stage("elbow")
+        inertias = {int(k): float(v) for k, v in rec.get("inertias", {}).items()}
+        if len(ks) < 3:
+            logger.warning("only %d values of k fit %d images; no elbow sweep", len(ks), len(source))
+            return inertias, None
+        if not rec.get("done"):
+            t0 = self._enter("elbow")
+            yield self.event("elbow", len(inertias), len(ks), "k")
+            for k in ks:
+                if k in inertias:
+                    continue
+                inertias[k] = fit_kmeans(source, k, seed=cfg.seed).inertia
+                self.state.update("elbow", inertias={str(a): v for a, v in inertias.items()})
+                yield self.event("elbow", len(inertias), len(ks), "k", f"k={k}")
+            self.state.update("elbow", done=True)
+            self._leave("elbow", t0)
+        curve = [inertias[k] for k in ks]
+        knee = find_knee(ks, curve)
+        self.knee_method = knee.method
+        if knee.k is None and cfg.k is None:
+            logger.warning("no clear knee in the inertia curve; using k=%d (set --k to choose)",
+                           cfg.k_range[0])
+        return inertias, knee.k
+
+    def _cluster(self, source: FeatureSource, k: int) -> Iterator[ProgressEvent]:
+        cfg = self.config
+        rec = self.state.stage("cluster")
+        path = self.out / "kmeans.h5"
+        key = {**cfg.stage_key("cluster"), "k_used": k}
+        if rec.get("done") and rec.get("key") == key and path.exists():
+            arrays, meta = load_arrays(path, required=("centers", "labels", "sq_distances"))
+            return KMeansResult(arrays["centers"], arrays["labels"], arrays["sq_distances"],
+                                float(meta["inertia"]))
+        t0 = self._enter("cluster")
+        yield self.event("cluster", 0, 1, "k", f"k={k}")
+        km = fit_kmeans(source, k, seed=cfg.seed)
+        save_arrays(path, {"centers": km.centers, "labels": km.labels,
+                           "sq_distances": km.sq_distances},
+                    {"k": k, "inertia": km.inertia, "seed": cfg.seed})
+        self.state.update("cluster", key=key, done=True, k=k, inertia=km.inertia)
+        self._leave("cluster", t0)
+        yield self.event("cluster", 1, 1, "k", f"k={k}")
+        return km
+
+    def _report(self, pixels: RowStore, km: KMeansResult, elbow: dict[int, float],
+                knee: int | None, k: int, mem_plan: MemoryPlan) -> Iterator[ProgressEvent]:
+        from . import report
+
+        cfg = self.config
+        t0 = self._enter("report")
+        names = [os.fsdecode(b) for b in pixels.names()]
+        dist = np.sqrt(km.sq_distances)
+        _write_csv(self.out / "labels.csv", ["path", "cluster", "distance"],
+                   [[p, int(c), f"{d:.6g}"] for p, c, d in zip(names, km.labels, dist)])
+        self._write_skipped()
+        pca_rec = self.state.stage("pca")
+        evr = np.asarray(pca_rec["explained_variance_ratio"])
+        n_keep = int(pca_rec["n_keep"])
+        report.plot_variance(evr, self.out / "variance.png", n_kept=n_keep, target=cfg.variance)
+        images = {"Cumulative explained variance": "variance.png"}
+        if elbow and len(elbow) >= 3:
+            ks = sorted(elbow)
+            report.plot_elbow(ks, [elbow[x] for x in ks], self.out / "elbow.png",
+                              chosen_k=k if cfg.k is not None else knee,
+                              method=getattr(self, "knee_method", ""))
+            images["Elbow: inertia vs k"] = "elbow.png"
+        montage_dir = self.out / "montages"
+        montage_dir.mkdir(exist_ok=True)
+        clusters = []
+        sizes = np.bincount(km.labels, minlength=k)
+        for c in range(k):
+            members = np.nonzero(km.labels == c)[0]
+            order = members[np.argsort(km.sq_distances[members], kind="stable")]
+            shown = order[: cfg.montage_images]
+            rel = f"montages/cluster-{c:03d}.png"
+            if len(shown):
+                rows = pixels.read_rows(shown.tolist())
+                imgs = [r.reshape(cfg.height, cfg.width) for r in rows]
+                report.write_montage(
+                    imgs, self.out / rel,
+                    title=f"cluster {c} - {sizes[c]} images (showing {len(shown)} nearest the centre)",
+                    captions=[os.path.basename(names[i]) for i in shown],
+                )
+            clusters.append(report.ClusterSummary(cluster=c, size=int(sizes[c]), montage=rel,
+                                                  examples=[names[i] for i in shown]))
+            yield self.event("report", c + 1, k, "clusters")
+        self._leave("report", t0)
+        ev = float(pca_rec["explained_variance"])
+        summary = {
+            "input folder": os.fsdecode(cfg.input_dir),
+            "images clustered": str(len(names)),
+            "images skipped": str(len(self.skipped)),
+            "size": f"{cfg.width}x{cfg.height}",
+            "PCA components": f"{n_keep} (explained variance {ev:.4f})",
+            "k": f"{k}" + (" (chosen at the elbow)" if cfg.k is None and knee else ""),
+            "inertia (sum of squared distances)": f"{km.inertia:.6g}",
+            "memory budget": format_bytes(cfg.mem_budget),
+            "peak RSS (process tree)": format_bytes(self._peak()),
+        }
+        if cfg.profile_memory and (self.out / "memory.csv").exists():
+            self.sampler.sample()
+            report.plot_memory_timeline(self.out / "memory.csv", self.out / "memory.png",
+                                        budget_bytes=cfg.mem_budget)
+            images["Memory timeline (RSS of the process tree)"] = "memory.png"
+        report.write_index_html(self.out / "index.html", title="stream-cluster report",
+                                summary=summary, clusters=clusters, skipped=self.skipped,
+                                images=images)
+        self._write_run_json(km, k, knee, elbow, mem_plan, len(names))
+
+    def _peak(self) -> int:
+        stages = self.state.data["stages"]
+        return max([self.sampler.peak, *[int(r.get("peak_rss", 0)) for r in stages.values()]])
+
+    def _write_run_json(self, km: KMeansResult, k: int, knee: int | None,
+                        elbow: dict[int, float], mem_plan: MemoryPlan, n: int) -> None:
+        stages = self.state.data["stages"]
+        pca_rec = stages.get("pca", {})
+        doc = {
+            "settings": self.config.as_dict(),
+            "fingerprint": fingerprint(self.config.as_dict()),
+            "versions": _versions(),
+            "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+            "plan": mem_plan.as_dict(),
+            "stages": {
+                s: {"seconds": round(float(stages.get(s, {}).get("seconds", 0.0)), 3),
+                    "peak_rss_bytes": int(stages.get(s, {}).get("peak_rss", 0))}
+                for s in STAGES
+            },
+            "peak_rss_bytes": self._peak(),
+            "results": {
+                "n_images": n,
+                "n_skipped": len(self.skipped),
+                "n_components": int(pca_rec.get("n_keep", 0)),
+                "explained_variance": float(pca_rec.get("explained_variance", 0.0)),
+                "explained_variance_ratio": pca_rec.get("explained_variance_ratio", []),
+                "k": k,
+                "k_at_knee": knee,
+                "inertia": km.inertia,
+                "cluster_sizes": [int(x) for x in np.bincount(km.labels, minlength=k)],
+                "elbow_inertias": {str(a): v for a, v in sorted(elbow.items())},
+            },
+        }
+        atomic_write_bytes(self.out / "run.json", json.dumps(doc, indent=1).encode())
+        self.state.update("report", done=True)
+
+    def _result(self, n: int, km: KMeansResult, elbow: dict[int, float], k: int) -> RunResult:
+        pca_rec = self.state.stage("pca")
+        stages = self.state.data["stages"]
+        return RunResult(
+            out_dir=self.out,
+            n_images=n,
+            n_skipped=len(self.skipped),
+            n_components=int(pca_rec["n_keep"]),
+            explained_variance=float(pca_rec["explained_variance"]),
+            k=k,
+            inertia=km.inertia,
+            cluster_sizes=[int(x) for x in np.bincount(km.labels, minlength=k)],
+            elbow=dict(elbow),
+            peak_rss=self._peak(),
+            stage_seconds={s: float(stages.get(s, {}).get("seconds", 0.0)) for s in STAGES},
+        )
+
