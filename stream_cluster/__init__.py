@@ -23,7 +23,19 @@ from .errors import (  # noqa: E402
     StoreError,
     StreamClusterError,
 )
-from .pipeline import ProgressEvent, RunResult, iter_run, plan, run  # noqa: E402
+
+_LAZY = {"ProgressEvent", "RunResult", "iter_run", "plan", "run"}
+
+
+def __getattr__(name: str) -> object:
+    # The pipeline pulls in scikit-learn, h5py, OpenCV and pyvips; import it on first use so
+    # that `import stream_cluster.config` (and the CLI's --help) stays light.
+    if name in _LAZY:
+        from . import pipeline
+
+        return getattr(pipeline, name)
+    raise AttributeError(f"module 'stream_cluster' has no attribute {name!r}")
+
 
 __all__ = [
     "BudgetError",
