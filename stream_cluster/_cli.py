@@ -54,6 +54,8 @@ def _add_run_options(p: argparse.ArgumentParser, *, demo: bool = False) -> None:
                         "and memory.png into the run folder")
     p.add_argument("--montage-images", type=int, default=48,
                    help="images per cluster montage (default 48)")
+    p.add_argument("--checkpoint-every", type=float, default=20.0, metavar="SECONDS",
+                   help="save the PCA state at most this often (default 20 s; 0 = every batch)")
     p.add_argument("--fresh", action="store_true",
                    help="discard what the run folder holds and start over")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -100,6 +102,7 @@ def _config(args: argparse.Namespace, images: Path, default_size: str, default_c
         strict=args.strict,
         profile_memory=args.profile_memory,
         montage_images=args.montage_images,
+        checkpoint_seconds=args.checkpoint_every,
     )
 
 

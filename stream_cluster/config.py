@@ -146,6 +146,7 @@ class RunConfig:
     strict: bool = False
     profile_memory: bool = False
     montage_images: int = 48
+    checkpoint_seconds: float = 20.0
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
@@ -180,6 +181,10 @@ class RunConfig:
             raise ConfigError(f"--workers must be >= 0. Got {self.workers} instead.")
         if self.batch_size is not None and self.batch_size < 1:
             raise ConfigError(f"--batch-size must be >= 1. Got {self.batch_size} instead.")
+        if self.checkpoint_seconds < 0:
+            raise ConfigError(
+                f"--checkpoint-every must be >= 0 seconds. Got {self.checkpoint_seconds} instead."
+            )
         if self.montage_images < 1:
             raise ConfigError(f"--montage-images must be >= 1. Got {self.montage_images}.")
         if self.out_dir.exists() and not self.out_dir.is_dir():

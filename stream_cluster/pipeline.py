@@ -51,7 +51,6 @@ RUN_FILES = (
     "kmeans.h5", "labels.csv", "skipped.csv", "run.json", "elbow.png", "variance.png",
     "montages", "index.html", "memory.csv", "memory.png",
 )
-PCA_CHECKPOINT_SECONDS = 20.0
 
 
 @dataclass(frozen=True)
@@ -434,7 +433,7 @@ class _Runner:
             del x
             cursor = hi
             now = time.perf_counter()
-            if cursor == n or now - last_save >= PCA_CHECKPOINT_SECONDS:
+            if cursor == n or now - last_save >= cfg.checkpoint_seconds:
                 save_arrays(ckpt, model.get_state(),
                             {"cursor": cursor, "batch": b, "key": cfg.stage_key("pca")})
                 self.state.update("pca", cursor=cursor)

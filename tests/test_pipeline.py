@@ -1,0 +1,159 @@
+"""End-to-end tests of the pipeline through the Python API, on small generated images."""
+
+from __future__ import annotations
+
+import csv
+import errno
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sklearn.metrics import adjusted_rand_score
+
+import stream_cluster.store as store_mod
+from stream_cluster import RunConfig, iter_run, run
+from stream_cluster.errors import (
+    BudgetError,
+    CheckpointMismatchError,
+    DiskFullError,
+    InputError,
+)
+
+from .conftest import make_shapes_corpus
+
+
+def _config(images: Path, out: Path, **kw: object) -> RunConfig:
+    base = dict(mem_budget=2 * 2**30, width=16, height=20, n_components=8, k=3,
+                k_range=(2, 6), batch_size=16, checkpoint_seconds=0.0, workers=1)
+    base.update(kw)
+    return RunConfig(images, out, **base)  # type: ignore[arg-type]
+
+
+def _labels(out: Path) -> list[tuple[str, str]]:
+    with open(out / "labels.csv", newline="", encoding="utf-8") as fh:
+        return [(r["path"], r["cluster"]) for r in csv.DictReader(fh)]
+
+
+def test_run_clusters_shapes_and_writes_outputs(tmp_path: Path) -> None:
+    """Check that a run finds the three generated kinds and writes every promised file."""
+    kinds = make_shapes_corpus(tmp_path / "img", n=60)
+    out = tmp_path / "run"
+    res = run(_config(tmp_path / "img", out, k=None))
+    assert res.n_images == 60 and res.n_skipped == 0
+    rows = _labels(out)
+    truth = [int(Path(p).parent.name[-1]) for p, _ in rows]
+    assert sorted(truth) == sorted(kinds)
+    assert adjusted_rand_score(truth, [int(c) for _, c in rows]) > 0.9
+    for name in ("run.json", "labels.csv", "skipped.csv", "elbow.png", "variance.png",
+                 "index.html", "pca.h5", "montages/cluster-000.png"):
+        assert (out / name).exists(), name
+    doc = json.loads((out / "run.json").read_text())
+    assert doc["results"]["n_images"] == 60
+    assert set(doc["stages"]) >= {"ingest", "pca", "embed", "cluster", "report"}
+    assert doc["peak_rss_bytes"] > 0 and doc["stages"]["pca"]["peak_rss_bytes"] > 0
+    assert 0 < doc["results"]["explained_variance"] <= 1
+
+
+def test_run_yields_progress_events(shapes_dir: Path, tmp_path: Path) -> None:
+    """Check that iter_run reports every stage with memory figures and no printing."""
+    events = list(iter_run(_config(shapes_dir, tmp_path / "run")))
+    stages = {e.stage for e in events}
+    assert {"scan", "ingest", "pca", "embed", "cluster", "report"} <= stages
+    assert all(e.rss_bytes > 0 and e.budget == 2 * 2**30 for e in events)
+    assert all(0 <= e.done <= e.total for e in events)
+
+
+def test_rerun_of_finished_run_is_identical_and_quick(shapes_dir: Path, tmp_path: Path) -> None:
+    """Check that running a finished run folder again changes nothing."""
+    out = tmp_path / "run"
+    run(_config(shapes_dir, out))
+    first = _labels(out)
+    run(_config(shapes_dir, out))
+    assert _labels(out) == first
+
+
+def test_variance_target_keeps_fewest_components(shapes_dir: Path, tmp_path: Path) -> None:
+    """Check that --variance keeps the fewest components reaching the target."""
+    res = run(_config(shapes_dir, tmp_path / "run", n_components=12, variance=0.5))
+    doc = json.loads((tmp_path / "run" / "run.json").read_text())
+    evr = np.asarray(doc["results"]["explained_variance_ratio"])
+    keep = res.n_components
+    assert np.sum(evr[:keep]) >= 0.5 and (keep == 1 or np.sum(evr[: keep - 1]) < 0.5)
+
+
+def test_changed_k_reruns_only_clustering(shapes_dir: Path, tmp_path: Path) -> None:
+    """Check that a new k reuses the store and PCA and only reruns k-means and the report."""
+    out = tmp_path / "run"
+    run(_config(shapes_dir, out, k=3))
+    pca_mtime = (out / "pca.h5").stat().st_mtime_ns
+    res = run(_config(shapes_dir, out, k=4))
+    assert res.k == 4 and len(set(c for _, c in _labels(out))) <= 4
+    assert (out / "pca.h5").stat().st_mtime_ns == pca_mtime
+
+
+def test_changed_pca_settings_refused(shapes_dir: Path, tmp_path: Path) -> None:
+    """Check that other PCA settings on an existing run folder are refused, not mixed."""
+    out = tmp_path / "run"
+    run(_config(shapes_dir, out))
+    with pytest.raises(CheckpointMismatchError, match="n_components: 8 -> 9.*--fresh"):
+        run(_config(shapes_dir, out, n_components=9))
+    res = run(_config(shapes_dir, out, n_components=9), fresh=True)
+    assert res.n_components == 9
+
+
+def test_changed_input_folder_detected(tmp_path: Path) -> None:
+    """Check that files added to the input folder after a run are detected and reported."""
+    make_shapes_corpus(tmp_path / "img", n=30)
+    out = tmp_path / "run"
+    run(_config(tmp_path / "img", out))
+    make_shapes_corpus(tmp_path / "img" / "more", n=3, seed=5)
+    with pytest.raises(CheckpointMismatchError, match="3 added"):
+        run(_config(tmp_path / "img", out))
+
+
+def test_fewer_images_than_components_fails_early(tmp_path: Path) -> None:
+    """Check that too few images for the components fails before any heavy work."""
+    make_shapes_corpus(tmp_path / "img", n=5)
+    with pytest.raises(InputError, match="5 images but --components is 8"):
+        run(_config(tmp_path / "img", tmp_path / "run"))
+    assert not (tmp_path / "run" / "pixels").exists()
+
+
+def test_empty_folder_fails_clearly(tmp_path: Path) -> None:
+    """Check that a folder without images says what was searched for."""
+    (tmp_path / "img").mkdir()
+    (tmp_path / "img" / "notes.txt").write_text("hi")
+    with pytest.raises(InputError, match="No images found"):
+        run(_config(tmp_path / "img", tmp_path / "run"))
+
+
+def test_budget_too_small_fails_with_minimum(shapes_dir: Path, tmp_path: Path) -> None:
+    """Check that an impossible budget fails at once and names a budget that would work."""
+    with pytest.raises(BudgetError, match=r"--mem-budget \d"):
+        run(_config(shapes_dir, tmp_path / "run", mem_budget=100 * 2**20))
+
+
+def test_disk_full_then_resume(shapes_dir: Path, tmp_path: Path,
+                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """Check that ENOSPC mid-ingest gives DiskFullError naming the folder, and a rerun resumes."""
+    out = tmp_path / "run"
+    ref_out = tmp_path / "ref"
+    run(_config(shapes_dir, ref_out, batch_size=16))
+    real_file = store_mod.h5py.File
+    calls = {"n": 0}
+
+    def failing_file(name: object, mode: str = "r", *a: object, **kw: object) -> object:
+        if mode == "w":
+            calls["n"] += 1
+            if calls["n"] >= 3:
+                raise OSError(errno.ENOSPC, "No space left on device")
+        return real_file(name, mode, *a, **kw)
+
+    monkeypatch.setattr(store_mod.h5py, "File", failing_file)
+    with pytest.raises(DiskFullError, match=str(out / "pixels")):
+        run(_config(shapes_dir, out, batch_size=16, workers=0))
+    monkeypatch.setattr(store_mod.h5py, "File", real_file)
+    assert not list((out / "pixels").glob("*.partial"))
+    run(_config(shapes_dir, out, batch_size=16))
+    assert _labels(out) == _labels(ref_out)

@@ -1,0 +1,127 @@
+"""Crash safety: kill -9 at random moments, Ctrl-C, and concurrent runs on one folder."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from .conftest import make_shapes_corpus
+
+ARGS = ["--size", "24x24", "--components", "12", "--batch-size", "24", "--k", "auto",
+        "--k-range", "2:8", "--workers", "2", "--no-progress", "--checkpoint-every", "0",
+        "--mem-budget", "2G"]
+
+
+def _cmd(images: Path, out: Path) -> list[str]:
+    return [sys.executable, "-m", "stream_cluster", str(images), "--out", str(out), *ARGS]
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1]) + os.pathsep + env.get(
+        "PYTHONPATH", "")
+    return env
+
+
+def _state_stage(out: Path) -> str:
+    import json
+
+    try:
+        stages = json.loads((out / "state.json").read_text())["stages"]
+    except (OSError, ValueError, KeyError):
+        return "none"
+    for s in ("report", "cluster", "elbow", "embed", "pca", "ingest"):
+        if s in stages:
+            return s
+    return "none"
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("kill") / "images"
+    make_shapes_corpus(root, n=240, size=(24, 24), seed=3)
+    return root
+
+
+@pytest.fixture(scope="module")
+def reference(corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[bytes, float]:
+    out = tmp_path_factory.mktemp("ref") / "run"
+    t0 = time.perf_counter()
+    subprocess.run(_cmd(corpus, out), check=True, env=_env(), timeout=300)
+    return (out / "labels.csv").read_bytes(), time.perf_counter() - t0
+
+
+def test_kill9_loop_resumes_to_identical_labels(corpus: Path, reference: tuple[bytes, float],
+                                                tmp_path: Path) -> None:
+    """Check that 20 kill -9s at random moments, each followed by a rerun, end in the same labels.
+
+    Kills land in every stage (startup, ingest, PCA, embed, elbow, k-means, report) including
+    mid-write of segments and checkpoints; the final labels must equal an uninterrupted run's.
+    """
+    ref_labels, ref_seconds = reference
+    out = tmp_path / "run"
+    rng = random.Random(1234)
+    kills, stages_hit = 0, set()
+    while kills < 20:
+        proc = subprocess.Popen(_cmd(corpus, out), env=_env(), stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL, start_new_session=True)
+        time.sleep(rng.uniform(0.2, max(0.5, ref_seconds)))
+        if proc.poll() is not None:
+            break  # finished before the kill: nothing left to interrupt
+        os.killpg(proc.pid, signal.SIGKILL)  # the parent and its decode workers, like power loss
+        proc.wait()
+        kills += 1
+        stages_hit.add(_state_stage(out))
+    final = subprocess.run(_cmd(corpus, out), env=_env(), capture_output=True, text=True,
+                           timeout=300)
+    assert final.returncode == 0, final.stderr
+    assert (out / "labels.csv").read_bytes() == ref_labels
+    assert kills >= 5, f"only {kills} kills landed"
+    assert len(stages_hit) >= 3, stages_hit
+
+
+def test_ctrl_c_stops_quickly_and_says_how_to_resume(corpus: Path, reference: tuple[bytes, float],
+                                                     tmp_path: Path) -> None:
+    """Check that SIGINT stops within two seconds with a resume hint, and a rerun finishes."""
+    out = tmp_path / "run"
+    proc = subprocess.Popen(_cmd(corpus, out), env=_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    time.sleep(min(2.0, reference[1] / 2))
+    if proc.poll() is None:
+        t0 = time.perf_counter()
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+        assert time.perf_counter() - t0 < 2.5
+        assert proc.returncode == 130, err
+        assert "rerun the same command to resume" in err
+        assert "Traceback" not in err
+    final = subprocess.run(_cmd(corpus, out), env=_env(), capture_output=True, timeout=300)
+    assert final.returncode == 0
+    assert (out / "labels.csv").read_bytes() == reference[0]
+
+
+def test_second_run_on_same_folder_refused(corpus: Path, tmp_path: Path) -> None:
+    """Check that a concurrent second run on the same run folder refuses with a clear message."""
+    out = tmp_path / "run"
+    first = subprocess.Popen(_cmd(corpus, out), env=_env(), stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 30
+        while not (out / ".lock").exists() and time.time() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.3)
+        second = subprocess.run(_cmd(corpus, out), env=_env(), capture_output=True, text=True,
+                                timeout=60)
+        if first.poll() is None:
+            assert second.returncode == 2
+            assert "Another stream-cluster process" in second.stderr
+    finally:
+        first.kill()
+        first.wait()
