@@ -1,0 +1,863 @@
+"""What a person looks at: variance, elbow and memory plots, cluster montages and index.html."""
+
+from __future__ import annotations
+
+import csv
+import html
+import logging
+import math
+import os
+import unicodedata
+import urllib.parse
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import cv2
+import numpy as np
+from matplotlib import font_manager
+from matplotlib.backends.backend_agg import FigureCanvasAgg, RendererAgg
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+from stream_cluster.errors import ConfigError, StoreError
+
+__all__ = [
+    "ClusterSummary",
+    "MEMORY_CSV_HEADER",
+    "MontageLayout",
+    "display_name",
+    "montage_layout",
+    "plot_elbow",
+    "plot_memory_timeline",
+    "plot_variance",
+    "write_index_html",
+    "write_montage",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Header of the memory samples CSV read by :func:`plot_memory_timeline`.
+MEMORY_CSV_HEADER = ("t_s", "rss_bytes", "stage")
+
+_DPI = 100  # every figure is drawn at 100 dpi, so figsize * 100 is the PNG size in pixels
+_PLOT_SIZE = (8.0, 5.0)  # inches: 800 x 500 px plots
+_GIB = float(1 << 30)
+
+# Montage geometry, in pixels.
+_PAD = 6
+_TITLE_BAND = 34
+_CAPTION_BAND = 16
+_TITLE_PT = 12.0
+_CAPTION_PT = 7.5
+_MONTAGE_BG = 228  # light grey, so white-background thumbnails keep a visible edge
+
+
+# --------------------------------------------------------------------------------------------
+# Text hygiene shared by the PNG and HTML writers
+# --------------------------------------------------------------------------------------------
+
+
+def display_name(name: str) -> str:
+    """Return ``name`` as printable, valid Unicode text for a person to read.
+
+    File names on POSIX are bytes; Python hands the undecodable ones over with lone
+    surrogates (``surrogateescape``), which cannot be encoded to UTF-8 and crash font
+    rendering. They are turned back into their bytes and shown as ``\\xNN``
+    (``b"caf\\xe9.png"`` -> ``caf\\xe9.png``). Control characters (newline, NUL, ESC, ...) are
+    shown as ``\\xNN`` too, so a name is always one line. Everything else is kept as is.
+
+    Parameters
+    ----------
+    name : str
+        A file name or any other text that came from outside.
+
+    Returns
+    -------
+    str
+        Text that encodes to UTF-8 without error and contains no control characters.
+
+    Examples
+    --------
+    >>> display_name(b"caf\\xe9.png".decode("utf-8", "surrogateescape"))
+    'caf\\\\xe9.png'
+    >>> display_name("a\\nb")
+    'a\\\\x0ab'
+    """
+    try:
+        text = name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a surrogate that surrogateescape did not make
+        text = name.encode("utf-8", "backslashreplace").decode("utf-8")
+    if any(unicodedata.category(ch) == "Cc" for ch in text):
+        text = "".join(
+            f"\\x{ord(ch):02x}" if unicodedata.category(ch) == "Cc" else ch for ch in text
+        )
+    return text
+
+
+@lru_cache(maxsize=8)
+def _charmap(size: float) -> frozenset[int]:
+    """Code points the default matplotlib font can draw (read, never change, rcParams)."""
+    path = font_manager.findfont(font_manager.FontProperties(size=size))
+    return frozenset(font_manager.get_font(path).get_charmap())
+
+
+def _drawable(text: str, size: float) -> str:
+    """Return ``display_name(text)`` with characters the font lacks replaced by '?'.
+
+    matplotlib would draw an empty box and warn for each missing glyph (e.g. Japanese with
+    the bundled DejaVu Sans); the HTML report keeps the real name.
+    """
+    shown = display_name(text)
+    cmap = _charmap(size)
+    return "".join(ch if ord(ch) in cmap or ch == " " else "?" for ch in shown)
+
+
+def _fit_text(text: str, max_px: float, measure: Callable[[str], float]) -> str:
+    """Shorten ``text`` in the middle with '…' until ``measure`` says it fits ``max_px``.
+
+    The tail is kept because file names end in the informative part (``_01.png``). Text
+    measurement costs about a millisecond, so the cut is estimated from the full width and
+    then corrected one character at a time (typically 2-4 measurements).
+    """
+    width = measure(text)
+    if width <= max_px:
+        return text
+
+    def cut(kept: int) -> str:
+        tail = kept * 2 // 5
+        return text[: kept - tail] + "…" + (text[len(text) - tail :] if tail else "")
+
+    kept = min(len(text) - 1, max(0, int(len(text) * max_px / width) - 1))
+    while kept > 0 and measure(cut(kept)) > max_px:
+        kept -= 1
+    while kept + 1 < len(text) and measure(cut(kept + 1)) <= max_px:
+        kept += 1
+    return cut(kept)
+
+
+def _measurer(size: float, weight: str = "normal") -> Callable[[str], float]:
+    """Return a function giving the rendered width in pixels of a one-line string."""
+    renderer = RendererAgg(1, 1, _DPI)  # type: ignore[no-untyped-call]
+    prop = font_manager.FontProperties(size=size, weight=weight)
+
+    def measure(s: str) -> float:
+        width, _, _ = renderer.get_text_width_height_descent(  # type: ignore[no-untyped-call]
+            s, prop, ismath=False
+        )
+        return float(width)
+
+    return measure
+
+
+def _save(fig: Figure, out: Path) -> None:
+    """Render ``fig`` to PNG at ``out`` through a ``.partial`` file and an atomic rename."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = out.with_name(out.name + ".partial")
+    FigureCanvasAgg(fig)  # attach an Agg canvas explicitly; pyplot is never involved
+    try:
+        fig.savefig(partial, format="png", dpi=_DPI, metadata={"Software": None})
+        os.replace(partial, out)
+    finally:
+        partial.unlink(missing_ok=True)
+
+
+def _plot_figure() -> Figure:
+    return Figure(figsize=_PLOT_SIZE, dpi=_DPI, layout="constrained")
+
+
+# --------------------------------------------------------------------------------------------
+# Plots
+# --------------------------------------------------------------------------------------------
+
+
+def plot_variance(
+    explained_variance_ratio: np.ndarray,
+    out: Path,
+    *,
+    n_kept: int,
+    target: float | None = None,
+) -> None:
+    """Plot cumulative explained variance against the number of PCA components.
+
+    The kept number of components is marked, the target (if any) is drawn as a horizontal
+    line, and the title states the cumulative value at ``n_kept``.
+
+    Parameters
+    ----------
+    explained_variance_ratio : numpy.ndarray
+        1-D, finite, non-negative ratios of the fitted components, largest first.
+    out : pathlib.Path
+        PNG to write (800 x 500 px); written atomically, parent folders created.
+    n_kept : int
+        Number of components kept, 1 <= n_kept <= len(explained_variance_ratio).
+    target : float, optional
+        Cumulative variance the user asked for, in (0, 1].
+
+    Raises
+    ------
+    ConfigError
+        If the ratios are empty, not 1-D, not finite or negative, or ``n_kept`` or
+        ``target`` is out of range.
+    """
+    evr = np.asarray(explained_variance_ratio, dtype=np.float64)
+    if evr.ndim != 1 or evr.size == 0:
+        raise ConfigError(
+            f"explained_variance_ratio must be a non-empty 1-D array. Got shape {evr.shape} "
+            "instead."
+        )
+    if not np.all(np.isfinite(evr)) or np.any(evr < 0):
+        raise ConfigError(
+            "explained_variance_ratio must be finite and >= 0. Got min "
+            f"{np.nanmin(evr) if not np.all(np.isnan(evr)) else float('nan')!r} "
+            f"({int(np.count_nonzero(~np.isfinite(evr)))} non-finite values) instead."
+        )
+    if isinstance(n_kept, bool) or not isinstance(n_kept, int | np.integer):
+        raise ConfigError(f"n_kept must be an integer. Got {n_kept!r} instead.")
+    if not 1 <= n_kept <= evr.size:
+        raise ConfigError(
+            f"n_kept must be in [1, {evr.size}] (the number of fitted components). "
+            f"Got {n_kept} instead."
+        )
+    if target is not None and not (math.isfinite(target) and 0.0 < target <= 1.0):
+        raise ConfigError(f"target must be in (0, 1]. Got {target!r} instead.")
+
+    cumulative = np.cumsum(evr)
+    x = np.arange(1, evr.size + 1)
+    at_kept = float(cumulative[n_kept - 1])
+
+    fig = _plot_figure()
+    ax = fig.add_subplot()
+    ax.plot(x, cumulative * 100.0, color="tab:blue", linewidth=1.8, label="cumulative")
+    ax.axvline(n_kept, color="tab:red", linestyle="--", linewidth=1.2,
+               label=f"kept: {n_kept} components")
+    ax.plot([n_kept], [at_kept * 100.0], "o", color="tab:red", markersize=6)
+    if target is not None:
+        ax.axhline(target * 100.0, color="tab:green", linestyle=":", linewidth=1.4,
+                   label=f"target: {target * 100:.1f} %")
+    ax.set_xlabel("number of principal components")
+    ax.set_ylabel("cumulative explained variance (%)")
+    ax.set_xlim(0.5, evr.size + 0.5)
+    top = max(float(cumulative[-1]), target or 0.0) * 100.0
+    ax.set_ylim(0.0, min(100.0, top * 1.08) if top > 0 else 1.0)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="lower right")
+    ax.set_title(
+        f"Explained variance: {at_kept * 100:.1f} % with {n_kept} of {evr.size} components"
+    )
+    _save(fig, out)
+
+
+def plot_elbow(
+    ks: Sequence[int],
+    inertias: Sequence[float],
+    out: Path,
+    *,
+    chosen_k: int | None,
+    method: str = "",
+) -> None:
+    """Plot k-means inertia against k with the chosen k marked and annotated.
+
+    Parameters
+    ----------
+    ks : sequence of int
+        Swept values of k (at least one, same length as ``inertias``).
+    inertias : sequence of float
+        Finite inertia per k.
+    out : pathlib.Path
+        PNG to write (800 x 500 px); written atomically, parent folders created.
+    chosen_k : int or None
+        The k used, normally one of ``ks`` (a fixed k outside the sweep is marked by a
+        vertical line only); None writes "no clear knee" on the plot.
+    method : str, default=""
+        How k was chosen (e.g. ``KneeResult.method``), shown next to the mark; unused
+        when ``chosen_k`` is None.
+
+    Raises
+    ------
+    ConfigError
+        If lengths differ, nothing is given or an inertia is not finite.
+    """
+    ks_list = [int(k) for k in ks]
+    ys = np.asarray(list(inertias), dtype=np.float64)
+    if len(ks_list) == 0 or len(ks_list) != ys.size:
+        raise ConfigError(
+            f"ks and inertias must be non-empty and of the same length. Got {len(ks_list)} "
+            f"ks and {ys.size} inertias instead."
+        )
+    if not np.all(np.isfinite(ys)):
+        raise ConfigError(f"inertias must be finite. Got {ys.tolist()!r} instead.")
+
+    fig = _plot_figure()
+    ax = fig.add_subplot()
+    ax.plot(ks_list, ys, "o-", color="tab:blue", linewidth=1.6, markersize=5)
+    ax.set_xlabel("number of clusters k")
+    ax.set_ylabel("inertia (sum of squared distances to centres)")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.grid(True, alpha=0.3)
+    how = f" ({_drawable(method, 10.0)})" if method else ""
+    if chosen_k is not None:
+        ax.axvline(chosen_k, color="tab:red", linestyle="--", linewidth=1.0, alpha=0.7)
+        if chosen_k in ks_list:
+            y_k = float(ys[ks_list.index(chosen_k)])
+            ax.plot([chosen_k], [y_k], "o", markersize=13, markerfacecolor="none",
+                    markeredgecolor="tab:red", markeredgewidth=2.0)
+        else:  # a fixed k outside the sweep: mark it on the axis, nothing to circle
+            y_k = float(ys.min())
+            how += ", not in the sweep"
+            ax.set_xlim(min(ks_list[0], chosen_k) - 0.5, max(ks_list[-1], chosen_k) + 0.5)
+        # put the label on the side with more room so it never leaves the axes
+        right = chosen_k <= (min(ks_list) + max(ks_list)) / 2
+        ax.annotate(
+            f"k = {chosen_k}{how}", xy=(chosen_k, y_k),
+            xytext=(30 if right else -30, 30), textcoords="offset points",
+            ha="left" if right else "right", fontsize=11, color="tab:red",
+            arrowprops={"arrowstyle": "->", "color": "tab:red"},
+            bbox={"boxstyle": "round", "fc": "white", "ec": "tab:red", "alpha": 0.9},
+        ).set_parse_math(False)
+        ax.set_title(f"Elbow: inertia vs k — chosen k = {chosen_k}{how}")
+    else:
+        # top right is empty on a decreasing curve
+        ax.text(0.97, 0.95, "no clear knee", transform=ax.transAxes, ha="right",
+                va="top", fontsize=16, color="tab:red",
+                bbox={"boxstyle": "round", "fc": "white", "ec": "tab:red", "alpha": 0.9},
+                parse_math=False)
+        ax.set_title("Elbow: inertia vs k — no clear knee")
+    ax.title.set_parse_math(False)
+    _save(fig, out)
+
+
+def _read_memory_csv(samples_csv: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Read (t_s, rss_bytes, stage) rows; skip malformed rows (a killed run tears the last)."""
+    times: list[float] = []
+    rss: list[float] = []
+    stages: list[str] = []
+    bad = 0
+    with open(samples_csv, newline="", encoding="utf-8", errors="surrogateescape") as fh:
+        reader = csv.reader(fh)
+        header = next(reader, None)
+        if header is None or tuple(h.strip() for h in header) != MEMORY_CSV_HEADER:
+            raise StoreError(
+                f"{display_name(str(samples_csv))} is not a memory samples CSV: the header "
+                f"must be {','.join(MEMORY_CSV_HEADER)!r}. Got {header!r} instead."
+            )
+        for row in reader:
+            try:
+                t, r = float(row[0]), float(row[1])
+                stage = row[2]
+            except (IndexError, ValueError):
+                bad += 1
+                continue
+            if not (math.isfinite(t) and math.isfinite(r)) or len(row) != 3:
+                bad += 1
+                continue
+            times.append(t)
+            rss.append(r)
+            stages.append(stage)
+    if bad:
+        logger.warning("%s: skipped %d malformed memory samples", samples_csv, bad)
+    return np.asarray(times), np.asarray(rss), stages
+
+
+def _stage_runs(times: np.ndarray, stages: list[str]) -> list[tuple[str, float, float]]:
+    """Group consecutive samples of one stage into (stage, start, end) spans."""
+    runs: list[tuple[str, float, float]] = []
+    start = 0
+    for i in range(1, len(stages) + 1):
+        if i == len(stages) or stages[i] != stages[start]:
+            # a span lasts until the next stage's first sample, so spans tile the time axis
+            end = float(times[i]) if i < len(stages) else float(times[-1])
+            runs.append((stages[start], float(times[start]), end))
+            start = i
+    return runs
+
+
+def plot_memory_timeline(
+    samples_csv: Path, out: Path, *, budget_bytes: int | None = None
+) -> None:
+    """Plot resident memory (GiB) over time with pipeline stages shaded and the budget line.
+
+    Parameters
+    ----------
+    samples_csv : pathlib.Path
+        CSV with header ``t_s,rss_bytes,stage``: seconds since start, RSS of the whole
+        process tree in bytes, and the stage running at that sample. Malformed rows (such
+        as a last line torn by a kill) are skipped with a warning.
+    out : pathlib.Path
+        PNG to write (800 x 500 px); written atomically, parent folders created.
+    budget_bytes : int, optional
+        The user's memory budget, drawn as a horizontal line.
+
+    Raises
+    ------
+    StoreError
+        If the file does not start with the expected header.
+    ConfigError
+        If ``budget_bytes`` is not a positive integer.
+
+    Notes
+    -----
+    Holds the samples in memory: about 50 bytes per sample, so a 10-hour run sampled
+    every 0.1 s (360,000 samples) costs about 20 MB.
+    """
+    if budget_bytes is not None and (
+        isinstance(budget_bytes, bool) or not isinstance(budget_bytes, int | np.integer)
+        or budget_bytes <= 0
+    ):
+        raise ConfigError(f"budget_bytes must be a positive integer. Got {budget_bytes!r} instead.")
+    times, rss, stages = _read_memory_csv(Path(samples_csv))
+
+    fig = _plot_figure()
+    ax = fig.add_subplot()
+    ax.set_xlabel("time since start (s)")
+    ax.set_ylabel("resident memory of process tree (GiB)")
+    ax.grid(True, alpha=0.3)
+    budget_gib = None if budget_bytes is None else budget_bytes / _GIB
+    if budget_gib is not None:
+        ax.axhline(budget_gib, color="tab:red", linestyle="--", linewidth=1.4,
+                   label=f"budget {budget_gib:.2f} GiB")
+
+    if times.size == 0:
+        ax.text(0.5, 0.5, "no memory samples recorded", transform=ax.transAxes,
+                ha="center", va="center", fontsize=14)
+        ax.set_title("Memory over time")
+        if budget_gib is not None:
+            ax.set_ylim(0.0, budget_gib * 1.15)
+            ax.legend(loc="lower right")
+        _save(fig, out)
+        return
+
+    order = np.argsort(times, kind="stable")
+    times, rss = times[order], rss[order]
+    stages = [stages[i] for i in order]
+    gib = rss / _GIB
+    span = float(times[-1] - times[0]) or 1.0
+
+    colours: dict[str, str] = {}
+    palette = ["tab:blue", "tab:orange", "tab:green", "tab:purple", "tab:brown", "tab:pink",
+               "tab:olive", "tab:cyan", "tab:gray"]
+    for name, start, end in _stage_runs(times, stages):
+        first = name not in colours
+        if first:
+            colours[name] = palette[len(colours) % len(palette)]
+        label = _drawable(name, 9.0) if first else None
+        ax.axvspan(start, end, color=colours[name], alpha=0.13, linewidth=0, label=label)
+        if (end - start) / span >= 0.08:
+            ax.text((start + end) / 2, 0.985, _drawable(name, 9.0),
+                    transform=ax.get_xaxis_transform(), ha="center", va="top", fontsize=9,
+                    color="0.25", clip_on=True, parse_math=False)
+
+    ax.plot(times, gib, color="black", linewidth=1.2, label="RSS")
+    peak_i = int(np.argmax(gib))
+    peak = float(gib[peak_i])
+    ax.plot([times[peak_i]], [peak], "v", color="tab:red", markersize=8)
+    ax.annotate(f"peak {peak:.2f} GiB", xy=(times[peak_i], peak), xytext=(0, 8),
+                textcoords="offset points", ha="center", fontsize=9, color="tab:red")
+    ax.set_xlim(float(times[0]), float(times[-1]) if times[-1] > times[0] else times[0] + 1.0)
+    top = max(peak, budget_gib or 0.0)
+    ax.set_ylim(0.0, top * 1.18 if top > 0 else 1.0)
+
+    legend = ax.legend(loc="lower right", fontsize=8, ncols=2, framealpha=0.9)
+    for text in legend.get_texts():
+        text.set_parse_math(False)
+    if budget_gib is None:
+        title = f"Memory over time: peak {peak:.2f} GiB"
+    else:
+        verdict = "within" if peak <= budget_gib else "OVER"
+        title = (f"Memory over time: peak {peak:.2f} GiB, {verdict} the budget of "
+                 f"{budget_gib:.2f} GiB")
+    ax.set_title(title)
+    _save(fig, out)
+
+
+# --------------------------------------------------------------------------------------------
+# Montage
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MontageLayout:
+    """Pixel geometry of a montage grid (before widening for a long title).
+
+    Attributes
+    ----------
+    rows, columns : int
+        Grid size; ``columns = min(columns asked, n)`` and ``rows = ceil(n / columns)``.
+    thumb_width, thumb_height : int
+        Size of each thumbnail; height keeps the images' aspect ratio.
+    caption_height : int
+        Pixels under each thumbnail for its caption (0 without captions).
+    width, height : int
+        Size of the PNG, title band included.
+    """
+
+    rows: int
+    columns: int
+    thumb_width: int
+    thumb_height: int
+    caption_height: int
+    width: int
+    height: int
+
+    def cell_origin(self, index: int) -> tuple[int, int]:
+        """Return (x, y) of the top-left pixel of thumbnail ``index`` (row-major)."""
+        row, col = divmod(index, self.columns)
+        x = _PAD + col * (self.thumb_width + _PAD)
+        y = _TITLE_BAND + row * (self.thumb_height + self.caption_height + _PAD)
+        return x, y
+
+
+def montage_layout(
+    n: int,
+    image_shape: tuple[int, int],
+    *,
+    thumb_width: int = 120,
+    columns: int = 8,
+    captions: bool = False,
+) -> MontageLayout:
+    """Compute the grid of a montage of ``n`` images of ``image_shape`` (height, width).
+
+    Examples
+    --------
+    >>> lay = montage_layout(48, (430, 300))
+    >>> (lay.rows, lay.columns, lay.thumb_width, lay.thumb_height)
+    (6, 8, 120, 172)
+    >>> montage_layout(3, (430, 300)).columns
+    3
+    """
+    if n < 1:
+        raise ConfigError(f"a montage needs at least 1 image. Got {n} instead.")
+    height, width = image_shape
+    cols = min(columns, n)
+    rows = math.ceil(n / cols)
+    thumb_h = max(1, round(height * thumb_width / width))
+    cap = _CAPTION_BAND if captions else 0
+    return MontageLayout(
+        rows=rows,
+        columns=cols,
+        thumb_width=thumb_width,
+        thumb_height=thumb_h,
+        caption_height=cap,
+        width=_PAD + cols * (thumb_width + _PAD),
+        height=_TITLE_BAND + rows * (thumb_h + cap + _PAD),
+    )
+
+
+def _check_montage_args(
+    images: Sequence[np.ndarray],
+    captions: Sequence[str] | None,
+    thumb_width: int,
+    columns: int,
+) -> tuple[int, int] | None:
+    """Validate write_montage's input; return the common (height, width) or None if empty."""
+    if isinstance(thumb_width, bool) or not isinstance(thumb_width, int) or thumb_width < 16:
+        raise ConfigError(f"thumb_width must be an integer >= 16. Got {thumb_width!r} instead.")
+    if isinstance(columns, bool) or not isinstance(columns, int) or columns < 1:
+        raise ConfigError(f"columns must be an integer >= 1. Got {columns!r} instead.")
+    if captions is not None and len(captions) != len(images):
+        raise ConfigError(
+            f"captions must have one entry per image. Got {len(captions)} captions for "
+            f"{len(images)} images instead."
+        )
+    if len(images) == 0:
+        return None
+    shape = np.shape(images[0])
+    for i, img in enumerate(images):
+        arr = np.asarray(img)
+        if arr.dtype != np.uint8 or arr.ndim != 2 or 0 in arr.shape:
+            raise ConfigError(
+                "images must be non-empty 2-D uint8 grey arrays. Got dtype "
+                f"{arr.dtype} shape {arr.shape} for image {i} instead."
+            )
+        if arr.shape != shape:
+            raise ConfigError(
+                f"images must all have the same shape. Got {arr.shape} for image {i} after "
+                f"{shape} for image 0 instead."
+            )
+    return int(shape[0]), int(shape[1])
+
+
+def write_montage(
+    images: Sequence[np.ndarray],
+    out: Path,
+    *,
+    title: str,
+    captions: Sequence[str] | None = None,
+    thumb_width: int = 120,
+    columns: int = 8,
+) -> None:
+    """Write a PNG grid of thumbnails with a title and optional per-image captions.
+
+    Images are placed row by row in the order given (the caller puts the ones nearest the
+    cluster centre first), each scaled to ``thumb_width`` with its aspect ratio kept, on a
+    light grey background so white thumbnails keep visible edges. Captions (file names)
+    are made printable with :func:`display_name`; characters the font cannot draw become
+    '?', and long ones are shortened in the middle with '…' to the thumbnail width. An
+    empty ``images`` writes a small PNG with the title and "no images".
+
+    Parameters
+    ----------
+    images : sequence of numpy.ndarray
+        uint8 2-D grey images, all of the same shape (e.g. 430 x 300).
+    out : pathlib.Path
+        PNG to write; written atomically, parent folders created.
+    title : str
+        Line drawn above the grid, e.g. "cluster 3 — 812 images (showing 48 nearest the
+        centre)". The PNG is widened if the title needs it.
+    captions : sequence of str, optional
+        One caption per image.
+    thumb_width : int, default=120
+        Thumbnail width in pixels (>= 16).
+    columns : int, default=8
+        Maximum thumbnails per row.
+
+    Raises
+    ------
+    ConfigError
+        On images of another dtype, dimension or of unequal shapes, a caption count that
+        differs from the image count, or out-of-range sizes.
+
+    Notes
+    -----
+    Memory: one uint8 canvas of the PNG size plus its RGBA rendering (about 5 bytes per
+    pixel; 48 thumbnails of 120 x 172 make a 966 x 1200 px PNG, about 6 MB) and one
+    thumbnail at a time.
+    """
+    shape = _check_montage_args(images, captions, thumb_width, columns)
+    measure_title = _measurer(_TITLE_PT, "bold")
+    title_text = _drawable(title, _TITLE_PT)
+    title_px = math.ceil(measure_title(title_text)) + 2 * _PAD + 4
+
+    if shape is None:
+        width, height = max(320, title_px), _TITLE_BAND + 60
+        canvas = np.full((height, width), _MONTAGE_BG, dtype=np.uint8)
+        fig = Figure(figsize=(width / _DPI, height / _DPI), dpi=_DPI)
+        fig.figimage(canvas, xo=0, yo=0, origin="upper", cmap="gray", vmin=0, vmax=255)
+        fig.text(0.5, 1 - (_TITLE_BAND + 30) / height, "no images", ha="center", va="center",
+                 fontsize=11, color="0.3", parse_math=False)
+        _montage_title(fig, title_text, height)
+        _save(fig, out)
+        return
+
+    layout = montage_layout(
+        len(images), shape, thumb_width=thumb_width, columns=columns,
+        captions=captions is not None,
+    )
+    width = max(layout.width, title_px)
+    canvas = np.full((layout.height, width), _MONTAGE_BG, dtype=np.uint8)
+    for i, img in enumerate(images):
+        x, y = layout.cell_origin(i)
+        src = np.asarray(img)
+        interp = cv2.INTER_AREA if layout.thumb_width <= src.shape[1] else cv2.INTER_LINEAR
+        thumb = cv2.resize(src, (layout.thumb_width, layout.thumb_height), interpolation=interp)
+        canvas[y : y + layout.thumb_height, x : x + layout.thumb_width] = thumb
+
+    fig = Figure(figsize=(width / _DPI, layout.height / _DPI), dpi=_DPI)
+    fig.figimage(canvas, xo=0, yo=0, origin="upper", cmap="gray", vmin=0, vmax=255,
+                 resample=False)
+    _montage_title(fig, title_text, layout.height)
+    if captions is not None:
+        measure = _measurer(_CAPTION_PT)
+        for i, caption in enumerate(captions):
+            x, y = layout.cell_origin(i)
+            text = _fit_text(_drawable(caption, _CAPTION_PT), layout.thumb_width - 2, measure)
+            centre_x = x + layout.thumb_width / 2
+            base_y = y + layout.thumb_height + 2
+            fig.text(centre_x / width, 1 - base_y / layout.height, text, ha="center",
+                     va="top", fontsize=_CAPTION_PT, color="0.1", parse_math=False)
+    _save(fig, out)
+
+
+def _montage_title(fig: Figure, text: str, height: int) -> None:
+    fig.text(_PAD / fig.bbox.width, 1 - (_TITLE_BAND / 2) / height, text, ha="left",
+             va="center", fontsize=_TITLE_PT, fontweight="bold", parse_math=False)
+
+
+# --------------------------------------------------------------------------------------------
+# index.html
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ClusterSummary:
+    """What the report shows about one cluster.
+
+    Attributes
+    ----------
+    cluster : int
+        Cluster label.
+    size : int
+        Number of images assigned to it.
+    montage : str
+        Relative path of the montage PNG inside the run folder.
+    examples : sequence of str
+        Paths (relative to the input root) of the images shown, nearest the centre first.
+    """
+
+    cluster: int
+    size: int
+    montage: str
+    examples: Sequence[str]
+
+
+def _h(text: object) -> str:
+    """Escape any value for HTML text or a quoted attribute, after making it printable."""
+    return html.escape(display_name(str(text)), quote=True)
+
+
+def _url(path: str) -> str:
+    """Percent-encode a relative path for src/href, then escape it for the attribute.
+
+    ``quote`` leaves only ``/`` and unreserved characters, so ``:`` (a scheme such as
+    ``javascript:``), quotes, ``<``, ``&``, ``#`` and ``?`` cannot change what the URL means.
+    Undecodable bytes (surrogate-escaped) are encoded as the original bytes, so the link
+    still finds the file on disk.
+    """
+    try:
+        quoted = urllib.parse.quote(str(path), safe="/", errors="surrogateescape")
+    except UnicodeEncodeError:
+        quoted = urllib.parse.quote(str(path), safe="/", errors="backslashreplace")
+    return html.escape(quoted, quote=True)
+
+
+_CSS = """
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px;
+       padding: 0 1em; color: #222; }
+table { border-collapse: collapse; margin: 0.5em 0 1.5em; }
+th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: left;
+         vertical-align: top; }
+th { background: #f3f3f3; }
+td { overflow-wrap: anywhere; }
+img { max-width: 100%; height: auto; border: 1px solid #ddd; }
+figure { margin: 1em 0; }
+figcaption { color: #555; font-size: 0.95em; }
+section.cluster { border-top: 1px solid #ddd; padding-top: 0.5em; margin-top: 1.5em; }
+ol.examples { columns: 2; font-size: 0.9em; font-family: ui-monospace, monospace; }
+nav ul { list-style: none; padding: 0; display: flex; flex-wrap: wrap; gap: 0.4em 1em; }
+""".strip()
+
+# No script may run in the report, whatever ends up in it.
+_CSP = "script-src 'none'; object-src 'none'; base-uri 'none'; form-action 'none'"
+
+
+def write_index_html(
+    out: Path,
+    *,
+    title: str,
+    summary: Mapping[str, str],
+    clusters: Sequence[ClusterSummary],
+    skipped: Sequence[tuple[str, str]],
+    images: Mapping[str, str],
+    max_skipped_rows: int = 1000,
+) -> None:
+    """Write the run's report page: summary, plots, one section per cluster, skipped files.
+
+    Every interpolated string is passed through :func:`display_name` and
+    ``html.escape(quote=True)``; ``src`` values are also percent-encoded, so no file name
+    can open a tag or leave an attribute. The page has no script, and a
+    Content-Security-Policy ``script-src 'none'`` forbids any. Undecodable bytes in names
+    are shown as ``\\xNN`` (the page is strict UTF-8), while image links encode the original
+    bytes.
+
+    Parameters
+    ----------
+    out : pathlib.Path
+        HTML file to write (normally ``<run>/index.html``); written atomically in UTF-8.
+    title : str
+        Page title and heading.
+    summary : mapping of str to str
+        Settings and figures, shown as a key/value table in the given order.
+    clusters : sequence of ClusterSummary
+        One section each, in the given order.
+    skipped : sequence of (str, str)
+        (path, reason) of every image that was skipped.
+    images : mapping of str to str
+        Plot caption -> PNG path relative to ``out``'s folder.
+    max_skipped_rows : int, default=1000
+        At most this many skipped rows are listed; the rest are counted (skipped.csv in the
+        run folder has them all).
+
+    Notes
+    -----
+    The page is built in memory: about 200 bytes per skipped row or example name.
+    """
+    parts: list[str] = [
+        "<!DOCTYPE html>",
+        '<html lang="en">',
+        "<head>",
+        '<meta charset="utf-8">',
+        f'<meta http-equiv="Content-Security-Policy" content="{html.escape(_CSP)}">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        f"<title>{_h(title)}</title>",
+        f"<style>\n{_CSS}\n</style>",
+        "</head>",
+        "<body>",
+        f"<h1>{_h(title)}</h1>",
+        '<h2 id="summary">Summary</h2>',
+        '<table class="summary">',
+    ]
+    for key, value in summary.items():
+        parts.append(f'<tr><th scope="row">{_h(key)}</th><td>{_h(value)}</td></tr>')
+    parts.append("</table>")
+
+    if images:
+        parts.append('<h2 id="plots">Plots</h2>')
+        for caption, src in images.items():
+            parts.append(
+                f'<figure><img src="{_url(src)}" alt="{_h(caption)}">'
+                f"<figcaption>{_h(caption)}</figcaption></figure>"
+            )
+
+    parts.append(f'<h2 id="clusters">Clusters ({len(clusters)})</h2>')
+    if clusters:
+        parts.append("<nav><ul>")
+        for c in clusters:
+            parts.append(
+                f'<li><a href="#cluster-{int(c.cluster)}">cluster {int(c.cluster)}</a> '
+                f"({int(c.size):,} images)</li>"
+            )
+        parts.append("</ul></nav>")
+    for c in clusters:
+        label = int(c.cluster)
+        n_examples = len(c.examples)
+        parts.append(f'<section class="cluster" id="cluster-{label}">')
+        parts.append(f"<h3>Cluster {label} — {int(c.size):,} images</h3>")
+        parts.append(
+            f'<img src="{_url(c.montage)}" alt="montage of cluster {label}" loading="lazy">'
+        )
+        if n_examples:
+            parts.append(
+                f"<p>Shown, nearest the centre first ({n_examples}):</p>"
+                '<ol class="examples">'
+            )
+            parts.extend(f"<li>{_h(name)}</li>" for name in c.examples)
+            parts.append("</ol>")
+        else:
+            parts.append("<p>No images shown.</p>")
+        parts.append("</section>")
+
+    parts.append(f'<h2 id="skipped">Skipped files ({len(skipped):,})</h2>')
+    if skipped:
+        parts.append('<table class="skipped"><tr><th>path</th><th>reason</th></tr>')
+        for path, reason in skipped[: max(0, max_skipped_rows)]:
+            parts.append(f"<tr><td>{_h(path)}</td><td>{_h(reason)}</td></tr>")
+        parts.append("</table>")
+        hidden = len(skipped) - max(0, max_skipped_rows)
+        if hidden > 0:
+            parts.append(f"<p>… and {hidden:,} more; skipped.csv lists them all.</p>")
+    else:
+        parts.append("<p>None: every image was used.</p>")
+    parts.extend(["</body>", "</html>", ""])
+
+    data = "\n".join(parts).encode("utf-8")  # strict: display_name removed all surrogates
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = out.with_name(out.name + ".partial")
+    try:
+        partial.write_bytes(data)
+        os.replace(partial, out)
+    finally:
+        partial.unlink(missing_ok=True)
