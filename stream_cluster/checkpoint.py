@@ -1,7 +1,7 @@
 """Atomic checkpoints without pickle: arrays in HDF5, progress in JSON, and a run-folder lock.
 
 Every write goes to ``*.partial``, is fsynced, then renamed over the old file, so a kill at any
-moment leaves the previous checkpoint intact. Loading accepts only plain numeric arrays with
+moment leaves the previous checkpoint intact. Loading accepts only plain numeric (or fixed-length byte-string) arrays with
 the expected names; anything else (a tampered or foreign file) raises StoreError.
 """
 
@@ -41,7 +41,7 @@ def save_arrays(path: Path, arrays: Mapping[str, np.ndarray], meta: Mapping[str,
             f.attrs["meta"] = json.dumps(dict(meta), sort_keys=True)
             for name, value in arrays.items():
                 arr = np.asarray(value)
-                if arr.dtype.kind not in "biuf":
+                if arr.dtype.kind not in "biufS":
                     raise StoreError(f"checkpoint array {name!r} has dtype {arr.dtype}; numeric only")
                 f.create_dataset(name, data=arr)
             f.attrs["complete"] = 1
@@ -71,7 +71,7 @@ def load_arrays(
             meta = json.loads(f.attrs["meta"])
             arrays: dict[str, np.ndarray] = {}
             for name, ds in f.items():
-                if not isinstance(ds, h5py.Dataset) or ds.dtype.kind not in "biuf":
+                if not isinstance(ds, h5py.Dataset) or ds.dtype.kind not in "biufS":
                     raise StoreError(
                         f"{path}: entry {name!r} is not a numeric array ({getattr(ds, 'dtype', ds)}); "
                         f"the checkpoint was tampered with or comes from another program"
