@@ -39,7 +39,7 @@ def test_run_clusters_shapes_and_writes_outputs(tmp_path: Path) -> None:
     """Check that a run finds the three generated kinds and writes every promised file."""
     kinds = make_shapes_corpus(tmp_path / "img", n=60)
     out = tmp_path / "run"
-    res = run(_config(tmp_path / "img", out, k=None))
+    res = run(_config(tmp_path / "img", out, k=3, elbow=True))
     assert res.n_images == 60 and res.n_skipped == 0
     rows = _labels(out)
     truth = [int(Path(p).parent.name[-1]) for p, _ in rows]
