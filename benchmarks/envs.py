@@ -74,9 +74,26 @@ def machine_info() -> dict[str, Any]:
         "env": {k: os.environ[k] for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE",
                                            "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
                                            "MKL_NUM_THREADS") if k in os.environ},
-        "harness": probe(sys.executable, ("numpy", "scipy", "sklearn", "cv2", "h5py", "psutil",
-                                          "threadpoolctl", "matplotlib")),
+        "harness": _harness_versions(),
     }
+
+
+def _harness_versions() -> dict[str, Any]:
+    """Versions of this interpreter's packages (metadata, no imports) and its BLAS."""
+    from importlib import metadata
+
+    import numpy  # noqa: F401  (loads the BLAS that threadpoolctl reports)
+    from threadpoolctl import threadpool_info
+
+    out: dict[str, Any] = {"python": platform.python_version(), "executable": sys.executable}
+    for dist in ("numpy", "scipy", "scikit-learn", "opencv-python-headless", "h5py", "psutil",
+                 "threadpoolctl", "matplotlib"):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            out[dist] = "not installed"
+    out["threadpools"] = threadpool_info()
+    return out
 
 
 def dask_python(explicit: str | None, setup: bool, log: Path) -> tuple[str | None, dict[str, Any]]:

@@ -52,7 +52,8 @@ def _pca_kmeans(ctx: Context, x: Any, z_chunk_rows: int) -> PipelineOutput:
     from benchmarks.worker import PipelineOutput
 
     with ctx.stage("pca_fit"):
-        pca = PCA(n_components=ctx.components, random_state=ctx.seed)
+        solver = ctx.options.get("dask_svd_solver", "auto")
+        pca = PCA(n_components=ctx.components, svd_solver=solver, random_state=ctx.seed)
         pca.fit(x)
     with ctx.stage("pca_transform"):
         z = np.asarray(pca.transform(x).compute())

@@ -239,8 +239,11 @@ def collect(
     raw = metrics.ev_check(feats, total_var)
     if raw is not None:
         scale = 255.0**2 if raw < 0.01 else 1.0
-        out["ev_check"] = raw * scale
-        out["feature_scale"] = "1/255" if scale > 1 else "1"
+        if raw * scale <= 1.05:
+            out["ev_check"] = raw * scale
+            out["feature_scale"] = "1/255" if scale > 1 else "1"
+        else:
+            out["notes"].append("features not in the corpus's pixel space (resized?): no EV check")
     from sklearn.cluster import KMeans
 
     ref = KMeans(n_clusters=k, random_state=seed).fit(feats).labels_

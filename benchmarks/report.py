@@ -88,13 +88,15 @@ def _summarise(out: Path, rows: list[dict[str, Any]]) -> dict[tuple[int, str], d
     """One summary per (size, pipeline): medians over ok repeats, agreement with the reference."""
     by: dict[tuple[int, str, str], list[dict[str, Any]]] = defaultdict(list)
     for r in rows:
-        by[(r["n"], r["pipeline"], json.dumps([r.get("components"), r.get("k")]))].append(r)
+        name = r.get("label") or r["pipeline"]
+        by[(r["n"], name, json.dumps([r.get("components"), r.get("k")]))].append(r)
     summ: dict[tuple[int, str], dict[str, Any]] = {}
     for (n, pipe, _ck), recs in by.items():
         recs.sort(key=lambda r: r.get("rep", 0))
         ok = [r for r in recs if r.get("status") == "ok"]
         use = ok or recs
-        s: dict[str, Any] = {"n": n, "pipeline": pipe, "status": use[0].get("status"),
+        s: dict[str, Any] = {"n": n, "pipeline": pipe, "kind": use[0]["pipeline"],
+                             "status": use[0].get("status"),
                              "reps": len(recs), "ok_reps": len(ok), "first": use[0],
                              "components": use[0].get("components"), "k": use[0].get("k")}
         for f in ("wall_s", "peak_rss_tree", "peak_rss_time_v", "explained_variance", "ev_check",
@@ -160,8 +162,8 @@ def _table(summ: dict[tuple[int, str], dict[str, Any]], n: int, pipelines: list[
         lines.append("| " + " | ".join([
             pipe, s["status"], _f(s["wall_s"]), _f(s["t_read"]), _f(s["t_pca"]),
             _f(s["t_kmeans"]), _f(s["t_other"]), _f(s["peak_rss_tree"], "{:.2f}", _GIB),
-            _f(s["peak_rss_time_v"], "{:.2f}", _GIB), _f(s["explained_variance"], "{:.3f}"),
-            _f(s["ev_check"], "{:.3f}"), _f(s.get("ev_ratio"), "{:.3f}"),
+            _f(s["peak_rss_time_v"], "{:.2f}", _GIB), _f(s["explained_variance"], "{:.4f}"),
+            _f(s["ev_check"], "{:.4f}"), _f(s.get("ev_ratio"), "{:.4f}"),
             _f(s["inertia_frac"], "{:.4f}"), _f(s.get("ari_vs_ref"), "{:.3f}"),
             _f(s.get("ari_own_features"), "{:.3f}"), _f(s.get("time_ratio"), "{:.2f}"),
             _f(s.get("rss_ratio"), "{:.2f}"), _note(s),
@@ -250,6 +252,8 @@ def plot_memory_timeline(csv_path: Path, path: Path, budget_bytes: int | None,
             if spans and spans[-1][0] == name:
                 spans[-1] = (name, spans[-1][1], t[i])
             else:
+                if spans:  # close the previous stage where this one begins: no gaps
+                    spans[-1] = (spans[-1][0], spans[-1][1], t[i])
                 spans.append((name, t[i], t[i]))
         colors = {}
         palette = ["#cfe2f3", "#d9ead3", "#fff2cc", "#f4cccc", "#d9d2e9", "#fce5cd", "#eeeeee"]
@@ -265,8 +269,9 @@ def plot_memory_timeline(csv_path: Path, path: Path, budget_bytes: int | None,
     ax.set_xlabel("time (s)")
     ax.set_ylabel("RSS (GiB)")
     ax.set_title(title)
-    ax.set_ylim(bottom=0)
-    ax.legend(fontsize=8, loc="upper left")
+    top = max([float(rss.max()) if rss.size else 0.0, float(budget_bytes or 0)]) / _GIB
+    ax.set_ylim(0, top * 1.1 or 1.0)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     fig.tight_layout()
     fig.savefig(path)
 
@@ -293,7 +298,9 @@ def write_report(out: Path, report_path: Path) -> None:
     summ = _summarise(out, rows)
     sizes = sorted({n for n, _p in summ})
     order = ["sklearn-inmem", "ipca-loop", "dask-chunked", "dask-seed"]
-    pipes = order + sorted({p for _n, p in summ if p not in order}, key=_budget, reverse=True)
+    rank = {p: i for i, p in enumerate(order)}
+    pipes = sorted({p for _n, p in summ},
+                   key=lambda p: (rank.get(p.split(" ")[0], len(order)), -_budget(p), p))
     rel = os.path.relpath(out, report_path.parent)
     mem_cap = meta.get("caps", {}).get("mem_cap_bytes")
     lines = ["# Benchmark results", ""]
@@ -330,9 +337,10 @@ def write_report(out: Path, report_path: Path) -> None:
     lines.append("Per-row commands (exact argv) are in `results.jsonl` (`command`).")
     lines.append("")
     lines += ["## Pipelines", ""]
+    kinds = {p: s["kind"] for (_n, p), s in summ.items()}
     for p in pipes:
-        if any(pp == p for _n, pp in summ):
-            desc = DESCRIPTIONS.get(p, "stream-cluster CLI, `--mem-budget "
+        if p in kinds:
+            desc = DESCRIPTIONS.get(kinds[p], "stream-cluster CLI, `--mem-budget "
                                     f"{p.removeprefix('stream-cluster-')}`")
             lines.append(f"- **{p}**: {desc}")
     lines.append("")

@@ -15,6 +15,7 @@ import argparse
 import json
 import math
 import os
+import re
 import shlex
 import sys
 import time
@@ -32,7 +33,9 @@ ALL_PIPELINES = (*WORKER_PIPELINES, "stream-cluster")
 DEFAULT_OUT = envs.BENCH_DIR / "results"
 REPO_ROOT = envs.BENCH_DIR.parent
 #: Statuses after which larger sizes of the same pipeline are not attempted.
-FATAL = ("memory cap", "time cap", "killed", "MemoryError")
+#: A MemoryError is not among them: it is an allocation refused up front (dask-ml's "full" solver
+#: asks for a d x d matrix at small N), and larger N may take another code path.
+FATAL = ("memory cap", "time cap", "killed")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -64,6 +67,10 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--dask-scheduler", choices=("threads", "distributed"), default="threads",
                     help="threads: dask's default; distributed: a local Client() with worker "
                     "processes")
+    ap.add_argument("--dask-svd-solver", default="auto",
+                    choices=("auto", "randomized", "full", "tsqr"),
+                    help="dask-ml PCA svd_solver (default auto, as the seed; auto picks 'full' "
+                    "when components >= 0.8 * images)")
     ap.add_argument("--dask-python", default=None,
                     help="interpreter with dask-ml (default: benchmarks/.venv, created on need)")
     ap.add_argument("--no-setup", action="store_true",
@@ -125,13 +132,28 @@ def _options(pipeline: str, args: argparse.Namespace) -> dict[str, Any]:
     if pipeline == "ipca-loop":
         return {"ipca_batch": args.ipca_batch}
     if pipeline.startswith("dask-"):
-        opts: dict[str, Any] = {"dask_scheduler": args.dask_scheduler}
+        opts: dict[str, Any] = {"dask_scheduler": args.dask_scheduler,
+                                "dask_svd_solver": args.dask_svd_solver}
         if pipeline == "dask-chunked":
             opts["dask_block"] = args.dask_block
         return opts
     if pipeline.startswith("stream-cluster-"):
         return {"mem_budget": pipeline.removeprefix("stream-cluster-")}
     return {}
+
+
+def _label(pipeline: str, options: dict[str, Any]) -> str:
+    """Row name in the report: the pipeline, plus any non-default option that changes it."""
+    extra = []
+    if options.get("dask_svd_solver", "auto") != "auto":
+        extra.append(f"svd_solver={options['dask_svd_solver']}")
+    if options.get("dask_scheduler", "threads") != "threads":
+        extra.append(options["dask_scheduler"])
+    if pipeline == "dask-chunked" and options.get("dask_block", 500) != 500:
+        extra.append(f"block={options['dask_block']}")
+    if pipeline == "ipca-loop" and options.get("ipca_batch", 1000) != 1000:
+        extra.append(f"batch={options['ipca_batch']}")
+    return f"{pipeline} [{', '.join(extra)}]" if extra else pipeline
 
 
 def _stage_peaks(stages: list[dict[str, Any]], samples: list[tuple[float, int]],
@@ -189,13 +211,15 @@ def _last_line(path: Path) -> str:
 def _run_row(pipeline: str, n: int, rep: int, args: argparse.Namespace, ctx: dict[str, Any],
              ) -> dict[str, Any]:
     base: dict[str, Any] = {
-        "pipeline": pipeline, "n": n, "rep": rep, "components": args.components, "k": args.k,
+        "pipeline": pipeline, "label": _label(pipeline, _options(pipeline, args)), "n": n,
+        "rep": rep, "components": args.components, "k": args.k,
         "seed": args.seed, "corpus": str(args.corpus.resolve()),
         "options": _options(pipeline, args), "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "load_avg": os.getloadavg()[0],
     }
     tag = f"n{n}-c{args.components}-k{args.k}-s{args.seed}-r{rep}"
-    row_dir = args.out / "rows" / pipeline / tag
+    slug = re.sub(r"[^A-Za-z0-9.-]+", "_", base["label"]).strip("_")
+    row_dir = args.out / "rows" / slug / tag
     if row_dir.exists():
         import shutil
 
@@ -386,7 +410,8 @@ def main(argv: list[str] | None = None) -> int:
                            and r.get("components") == args.components]
                 if smaller and not args.no_skip:
                     worst = min(smaller, key=lambda r: r["n"])
-                    rec = {**probe, "status": "skipped",
+                    rec = {**probe, "label": _label(pipeline, probe["options"]),
+                           "status": "skipped",
                            "reason": f"{worst['status']} at {worst['n']} images"}
                 else:
                     print(f"[bench] {pipeline} n={n} rep={rep} ...", flush=True)
