@@ -29,6 +29,8 @@ SAFETY = 0.90
 DECODE_CHUNK = 8
 #: Upper bound on rows per store segment (a segment is the unit lost to a kill during ingest).
 MAX_SEGMENT_ROWS = 512
+#: Lower bound on rows per store segment (two decode chunks).
+MIN_SEGMENT_ROWS = 16
 
 
 def _best_pca_batch(n_components: int) -> int:
@@ -76,6 +78,10 @@ def _ingest_bytes(workers: int, segment_rows: int, n_features: int, width: int, 
     if workers == 0:  # decode in the main process
         decoders = decode_worker_bytes(width, height)
     return PARENT_BASE_BYTES + segment_rows * n_features + in_flight + decoders
+
+
+def _min_ingest_bytes(n_features: int, width: int, height: int) -> int:
+    return _ingest_bytes(0, MIN_SEGMENT_ROWS, n_features, width, height)
 
 
 def _pca_bytes(k: int, b: int, d: int, solver: str) -> int:
@@ -133,9 +139,10 @@ def plan_memory(
         candidates = sorted({best, *range(best, min_batch - 1, -max(1, (best - min_batch) // 16 or 1)),
                              min_batch}, reverse=True)
     pca_batch = next((b for b in candidates if _pca_bytes(k, b, d, solver) <= usable), None)
-    if pca_batch is None:
-        need = _pca_bytes(k, candidates[-1], d, solver)
-        raise BudgetError(_too_small_message(budget, need, k, width, height, solver, batch_size))
+    # The smallest workable run: the smallest PCA batch, and decoding in-process.
+    floor = max(_pca_bytes(k, candidates[-1], d, solver), _min_ingest_bytes(d, width, height))
+    if pca_batch is None or floor > usable:
+        raise BudgetError(_too_small_message(budget, floor, k, width, height, solver, batch_size))
     # Never read more than there is: a batch past the image count only wastes budget.
     pca_batch = max(min(pca_batch, max(n_images, min_batch)), min_batch)
 
@@ -144,14 +151,8 @@ def plan_memory(
     n_workers = max(1, cpu_count) if workers is None else workers
     while n_workers > 0 and _ingest_bytes(n_workers, segment_rows, d, width, height) > usable:
         n_workers -= 1
-    while segment_rows > 16 and _ingest_bytes(n_workers, segment_rows, d, width, height) > usable:
+    while segment_rows > MIN_SEGMENT_ROWS and _ingest_bytes(n_workers, segment_rows, d, width, height) > usable:
         segment_rows //= 2
-    if _ingest_bytes(n_workers, segment_rows, d, width, height) > usable:
-        need = _ingest_bytes(0, segment_rows, d, width, height)
-        raise BudgetError(
-            f"--mem-budget {format_bytes(budget)} cannot decode images: decoding alone needs "
-            f"{format_bytes(need / SAFETY)}. Give --mem-budget {_round_up(need / SAFETY)} or more."
-        )
     if workers is not None and n_workers < workers:
         raise BudgetError(
             f"--workers {workers} does not fit --mem-budget {format_bytes(budget)}: at most "
@@ -194,13 +195,15 @@ def _too_small_message(
     lo, hi = 0, k
     while lo < hi:
         mid = (lo + hi + 1) // 2
-        lo, hi = (mid, hi) if _pca_bytes(mid, mid, d, solver) <= usable else (lo, mid - 1)
+        ok = max(_pca_bytes(mid, mid, d, solver), _min_ingest_bytes(d, width, height)) <= usable
+        lo, hi = (mid, hi) if ok else (lo, mid - 1)
     fit_k = lo
     lo_s, hi_s = 0.0, 1.0
     for _ in range(30):
         mid_s = (lo_s + hi_s) / 2
         w, h = max(1, int(width * mid_s)), max(1, int(height * mid_s))
-        ok = w * h >= k and _pca_bytes(k, k, w * h, solver) <= usable
+        ok = w * h >= k and max(_pca_bytes(k, k, w * h, solver),
+                                _min_ingest_bytes(w * h, w, h)) <= usable
         lo_s, hi_s = (mid_s, hi_s) if ok else (lo_s, mid_s)
     fit_w, fit_h = int(width * lo_s), int(height * lo_s)
     options = [f"--mem-budget {_round_up(need / SAFETY)}"]
@@ -211,6 +214,7 @@ def _too_small_message(
     what = f"batch {batch}" if batch else f"the smallest batch ({k} images)"
     return (
         f"--mem-budget {format_bytes(budget)} is too small for {k} PCA components on "
-        f"{width}x{height} images: incremental PCA with {what} needs {format_bytes(need)}. "
+        f"{width}x{height} images: the smallest workable plan (incremental PCA with {what}, "
+        f"decoding in one process) needs {format_bytes(need)} at {SAFETY:.0%} of the budget. "
         f"Use one of: {' or '.join(options)}."
     )

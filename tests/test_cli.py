@@ -30,7 +30,7 @@ def test_cli_run_writes_results(shapes_dir: Path, tmp_path: Path,
     [
         (["--mem-budget", "lots"], "--mem-budget must be a size"),
         (["--mem-budget", "0"], "--mem-budget must be greater than zero"),
-        (["--mem-budget", "-2G"], "--mem-budget must be a size"),
+        (["--mem-budget=-2G"], "--mem-budget must be a size"),
         (["--mem-budget", "100M", "--size", "300x430"], "--mem-budget"),
         (["--size", "0x0"], "--size must have width and height >= 1"),
         (["--components", "0"], "--components must be >= 1"),
