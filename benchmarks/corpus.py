@@ -17,6 +17,7 @@ import numpy as np
 
 __all__ = [
     "IMAGE_SUFFIXES",
+    "count_distinct",
     "image_shape",
     "list_images",
     "make_subset_dir",
@@ -143,6 +144,17 @@ def total_variance(
         return 0.0
     mean = total / n
     return float(((total_sq - n * mean * mean) / (n - 1)).sum())
+
+
+def count_distinct(corpus: Path, rel_paths: Sequence[str]) -> int:
+    """Number of byte-distinct files among ``rel_paths`` (clip-art collections repeat images).
+
+    Duplicates lower the rank of the pixel matrix, which is why 800 components can explain
+    nearly all the variance of the first 1,000 images.
+    """
+    import hashlib
+
+    return len({hashlib.sha1((Path(corpus) / r).read_bytes()).hexdigest() for r in rel_paths})
 
 
 def make_subset_dir(corpus: Path, rel_paths: Sequence[str], dest: Path) -> Path:

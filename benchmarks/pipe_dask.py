@@ -55,6 +55,14 @@ def _pca_kmeans(ctx: Context, x: Any, z_chunk_rows: int) -> PipelineOutput:
         solver = ctx.options.get("dask_svd_solver", "auto")
         pca = PCA(n_components=ctx.components, svd_solver=solver, random_state=ctx.seed)
         pca.fit(x)
+    notes = []
+    if not hasattr(pca, "power_iteration_normalizer"):
+        # dask-ml 2025.1.0 with scikit-learn >= 1.8: transform() after fit() with
+        # svd_solver="randomized" raises AttributeError in sklearn's PCA.__sklearn_tags__
+        # (dask/dask-ml#1023). Set the attribute as the open fix dask/dask-ml#1024 does.
+        pca.power_iteration_normalizer = "auto"
+        if solver == "randomized":
+            notes.append("dask-ml#1023 workaround: power_iteration_normalizer='auto'")
     with ctx.stage("pca_transform"):
         z = np.asarray(pca.transform(x).compute())
     with ctx.stage("kmeans"):
@@ -73,6 +81,7 @@ def _pca_kmeans(ctx: Context, x: Any, z_chunk_rows: int) -> PipelineOutput:
             "own_inertia": float(km.inertia_),
             "dask_pca_solver": getattr(pca, "svd_solver", None),
             "dask_pca_solver_used": _solver_used(pca, x.shape, ctx.components),
+            "notes": notes,
         },
     )
 

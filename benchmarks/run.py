@@ -299,7 +299,8 @@ def _run_row(pipeline: str, n: int, rep: int, args: argparse.Namespace, ctx: dic
             result = json.loads(res_path.read_text())
             for key in ("explained_variance", "ev_check", "inertia", "inertia_frac",
                         "own_inertia", "n_clusters_found", "versions", "threadpools",
-                        "dask_pca_solver_used", "dask_scheduler", "dask_workers", "traceback"):
+                        "dask_pca_solver_used", "dask_scheduler", "dask_workers", "traceback",
+                        "notes", "ari_seed_to_seed"):
                 if key in result:
                     rec[key] = result[key]
             if (row_dir / "labels.npy").is_file():
@@ -319,9 +320,10 @@ def _prepare_sizes(args: argparse.Namespace, sizes: list[int], all_paths: list[s
                    need_dirs: bool) -> dict[str, Any]:
     sub_dir = args.out / "subsets"
     sub_dir.mkdir(parents=True, exist_ok=True)
-    cache_path = sub_dir / "total_variance.json"
+    cache_path = sub_dir / "size_stats.json"
     cache = json.loads(cache_path.read_text()) if cache_path.is_file() else {}
-    ctx: dict[str, Any] = {"subsets": {}, "paths_files": {}, "subset_dirs": {}, "total_var": {}}
+    ctx: dict[str, Any] = {"subsets": {}, "paths_files": {}, "subset_dirs": {}, "total_var": {},
+                           "distinct": {}}
     shape = corpus_mod.image_shape(args.corpus, all_paths)
     for n in sizes:
         rel = all_paths[:n]
@@ -337,9 +339,13 @@ def _prepare_sizes(args: argparse.Namespace, sizes: list[int], all_paths: list[s
         key = f"{args.corpus.resolve()}|{n}"
         if key not in cache:
             print(f"[bench] total pixel variance of the first {n} images ...", flush=True)
-            cache[key] = corpus_mod.total_variance(args.corpus, rel, shape)
+            cache[key] = {
+                "total_variance": corpus_mod.total_variance(args.corpus, rel, shape),
+                "distinct_files": corpus_mod.count_distinct(args.corpus, rel),
+            }
             cache_path.write_text(json.dumps(cache, indent=1), encoding="utf-8")
-        ctx["total_var"][n] = cache[key]
+        ctx["total_var"][n] = cache[key]["total_variance"]
+        ctx["distinct"][n] = cache[key]["distinct_files"]
     return ctx
 
 
@@ -392,6 +398,7 @@ def main(argv: list[str] | None = None) -> int:
         meta["stream_cluster_cli"] = ctx["stream_cluster_cli"]
     need_dirs = ctx["stream_cluster_cli"] is not None
     ctx.update(_prepare_sizes(args, sizes, all_paths, need_dirs))
+    meta.setdefault("distinct_files", {}).update({str(n): d for n, d in ctx["distinct"].items()})
     meta_path.write_text(json.dumps(meta, indent=1, default=str), encoding="utf-8")
 
     results = args.out / "results.jsonl"
