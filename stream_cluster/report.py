@@ -1,4 +1,4 @@
-"""What a person looks at: variance, elbow and memory plots, cluster montages and index.html."""
+"""What a person looks at: variance, elbow and memory plots, and the index.html page."""
 
 from __future__ import annotations
 
@@ -7,21 +7,20 @@ import html
 import logging
 import math
 import os
-import unicodedata
 import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-import cv2
 import numpy as np
 from matplotlib import font_manager
-from matplotlib.backends.backend_agg import FigureCanvasAgg, RendererAgg
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from stream_cluster.errors import ConfigError, StoreError
+from stream_cluster.montage import MontageLayout, display_name, montage_layout, write_montage
 
 __all__ = [
     "ClusterSummary",
@@ -45,55 +44,10 @@ _DPI = 100  # every figure is drawn at 100 dpi, so figsize * 100 is the PNG size
 _PLOT_SIZE = (8.0, 5.0)  # inches: 800 x 500 px plots
 _GIB = float(1 << 30)
 
-# Montage geometry, in pixels.
-_PAD = 6
-_TITLE_BAND = 34
-_CAPTION_BAND = 16
-_TITLE_PT = 12.0
-_CAPTION_PT = 7.5
-_MONTAGE_BG = 228  # light grey, so white-background thumbnails keep a visible edge
-
 
 # --------------------------------------------------------------------------------------------
-# Text hygiene shared by the PNG and HTML writers
+# Text for matplotlib
 # --------------------------------------------------------------------------------------------
-
-
-def display_name(name: str) -> str:
-    """Return ``name`` as printable, valid Unicode text for a person to read.
-
-    File names on POSIX are bytes; Python hands the undecodable ones over with lone
-    surrogates (``surrogateescape``), which cannot be encoded to UTF-8 and crash font
-    rendering. They are turned back into their bytes and shown as ``\\xNN``
-    (``b"caf\\xe9.png"`` -> ``caf\\xe9.png``). Control characters (newline, NUL, ESC, ...) are
-    shown as ``\\xNN`` too, so a name is always one line. Everything else is kept as is.
-
-    Parameters
-    ----------
-    name : str
-        A file name or any other text that came from outside.
-
-    Returns
-    -------
-    str
-        Text that encodes to UTF-8 without error and contains no control characters.
-
-    Examples
-    --------
-    >>> display_name(b"caf\\xe9.png".decode("utf-8", "surrogateescape"))
-    'caf\\\\xe9.png'
-    >>> display_name("a\\nb")
-    'a\\\\x0ab'
-    """
-    try:
-        text = name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-    except UnicodeEncodeError:  # a surrogate that surrogateescape did not make
-        text = name.encode("utf-8", "backslashreplace").decode("utf-8")
-    if any(unicodedata.category(ch) == "Cc" for ch in text):
-        text = "".join(
-            f"\\x{ord(ch):02x}" if unicodedata.category(ch) == "Cc" else ch for ch in text
-        )
-    return text
 
 
 @lru_cache(maxsize=8)
@@ -114,54 +68,24 @@ def _drawable(text: str, size: float) -> str:
     return "".join(ch if ord(ch) in cmap or ch == " " else "?" for ch in shown)
 
 
-def _fit_text(text: str, max_px: float, measure: Callable[[str], float]) -> str:
-    """Shorten ``text`` in the middle with '…' until ``measure`` says it fits ``max_px``.
-
-    The tail is kept because file names end in the informative part (``_01.png``). Text
-    measurement costs about a millisecond, so the cut is estimated from the full width and
-    then corrected one character at a time (typically 2-4 measurements).
-    """
-    width = measure(text)
-    if width <= max_px:
-        return text
-
-    def cut(kept: int) -> str:
-        tail = kept * 2 // 5
-        return text[: kept - tail] + "…" + (text[len(text) - tail :] if tail else "")
-
-    kept = min(len(text) - 1, max(0, int(len(text) * max_px / width) - 1))
-    while kept > 0 and measure(cut(kept)) > max_px:
-        kept -= 1
-    while kept + 1 < len(text) and measure(cut(kept + 1)) <= max_px:
-        kept += 1
-    return cut(kept)
-
-
-def _measurer(size: float, weight: str = "normal") -> Callable[[str], float]:
-    """Return a function giving the rendered width in pixels of a one-line string."""
-    renderer = RendererAgg(1, 1, _DPI)  # type: ignore[no-untyped-call]
-    prop = font_manager.FontProperties(size=size, weight=weight)
-
-    def measure(s: str) -> float:
-        width, _, _ = renderer.get_text_width_height_descent(  # type: ignore[no-untyped-call]
-            s, prop, ismath=False
-        )
-        return float(width)
-
-    return measure
+def _write_atomic(out: Path, write: Callable[[Path], object]) -> None:
+    """Call ``write`` on ``out.partial``, then rename it to ``out``; never leave a partial."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = out.with_name(out.name + ".partial")
+    try:
+        write(partial)
+        os.replace(partial, out)
+    finally:
+        partial.unlink(missing_ok=True)
 
 
 def _save(fig: Figure, out: Path) -> None:
     """Render ``fig`` to PNG at ``out`` through a ``.partial`` file and an atomic rename."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    partial = out.with_name(out.name + ".partial")
     FigureCanvasAgg(fig)  # attach an Agg canvas explicitly; pyplot is never involved
-    try:
-        fig.savefig(partial, format="png", dpi=_DPI, metadata={"Software": None})
-        os.replace(partial, out)
-    finally:
-        partial.unlink(missing_ok=True)
+    _write_atomic(
+        out, lambda p: fig.savefig(p, format="png", dpi=_DPI, metadata={"Software": None})
+    )
 
 
 def _plot_figure() -> Figure:
@@ -474,209 +398,6 @@ def plot_memory_timeline(
 
 
 # --------------------------------------------------------------------------------------------
-# Montage
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class MontageLayout:
-    """Pixel geometry of a montage grid (before widening for a long title).
-
-    Attributes
-    ----------
-    rows, columns : int
-        Grid size; ``columns = min(columns asked, n)`` and ``rows = ceil(n / columns)``.
-    thumb_width, thumb_height : int
-        Size of each thumbnail; height keeps the images' aspect ratio.
-    caption_height : int
-        Pixels under each thumbnail for its caption (0 without captions).
-    width, height : int
-        Size of the PNG, title band included.
-    """
-
-    rows: int
-    columns: int
-    thumb_width: int
-    thumb_height: int
-    caption_height: int
-    width: int
-    height: int
-
-    def cell_origin(self, index: int) -> tuple[int, int]:
-        """Return (x, y) of the top-left pixel of thumbnail ``index`` (row-major)."""
-        row, col = divmod(index, self.columns)
-        x = _PAD + col * (self.thumb_width + _PAD)
-        y = _TITLE_BAND + row * (self.thumb_height + self.caption_height + _PAD)
-        return x, y
-
-
-def montage_layout(
-    n: int,
-    image_shape: tuple[int, int],
-    *,
-    thumb_width: int = 120,
-    columns: int = 8,
-    captions: bool = False,
-) -> MontageLayout:
-    """Compute the grid of a montage of ``n`` images of ``image_shape`` (height, width).
-
-    Examples
-    --------
-    >>> lay = montage_layout(48, (430, 300))
-    >>> (lay.rows, lay.columns, lay.thumb_width, lay.thumb_height)
-    (6, 8, 120, 172)
-    >>> montage_layout(3, (430, 300)).columns
-    3
-    """
-    if n < 1:
-        raise ConfigError(f"a montage needs at least 1 image. Got {n} instead.")
-    height, width = image_shape
-    cols = min(columns, n)
-    rows = math.ceil(n / cols)
-    thumb_h = max(1, round(height * thumb_width / width))
-    cap = _CAPTION_BAND if captions else 0
-    return MontageLayout(
-        rows=rows,
-        columns=cols,
-        thumb_width=thumb_width,
-        thumb_height=thumb_h,
-        caption_height=cap,
-        width=_PAD + cols * (thumb_width + _PAD),
-        height=_TITLE_BAND + rows * (thumb_h + cap + _PAD),
-    )
-
-
-def _check_montage_args(
-    images: Sequence[np.ndarray],
-    captions: Sequence[str] | None,
-    thumb_width: int,
-    columns: int,
-) -> tuple[int, int] | None:
-    """Validate write_montage's input; return the common (height, width) or None if empty."""
-    if isinstance(thumb_width, bool) or not isinstance(thumb_width, int) or thumb_width < 16:
-        raise ConfigError(f"thumb_width must be an integer >= 16. Got {thumb_width!r} instead.")
-    if isinstance(columns, bool) or not isinstance(columns, int) or columns < 1:
-        raise ConfigError(f"columns must be an integer >= 1. Got {columns!r} instead.")
-    if captions is not None and len(captions) != len(images):
-        raise ConfigError(
-            f"captions must have one entry per image. Got {len(captions)} captions for "
-            f"{len(images)} images instead."
-        )
-    if len(images) == 0:
-        return None
-    shape = np.shape(images[0])
-    for i, img in enumerate(images):
-        arr = np.asarray(img)
-        if arr.dtype != np.uint8 or arr.ndim != 2 or 0 in arr.shape:
-            raise ConfigError(
-                "images must be non-empty 2-D uint8 grey arrays. Got dtype "
-                f"{arr.dtype} shape {arr.shape} for image {i} instead."
-            )
-        if arr.shape != shape:
-            raise ConfigError(
-                f"images must all have the same shape. Got {arr.shape} for image {i} after "
-                f"{shape} for image 0 instead."
-            )
-    return int(shape[0]), int(shape[1])
-
-
-def write_montage(
-    images: Sequence[np.ndarray],
-    out: Path,
-    *,
-    title: str,
-    captions: Sequence[str] | None = None,
-    thumb_width: int = 120,
-    columns: int = 8,
-) -> None:
-    """Write a PNG grid of thumbnails with a title and optional per-image captions.
-
-    Images are placed row by row in the order given (the caller puts the ones nearest the
-    cluster centre first), each scaled to ``thumb_width`` with its aspect ratio kept, on a
-    light grey background so white thumbnails keep visible edges. Captions (file names)
-    are made printable with :func:`display_name`; characters the font cannot draw become
-    '?', and long ones are shortened in the middle with '…' to the thumbnail width. An
-    empty ``images`` writes a small PNG with the title and "no images".
-
-    Parameters
-    ----------
-    images : sequence of numpy.ndarray
-        uint8 2-D grey images, all of the same shape (e.g. 430 x 300).
-    out : pathlib.Path
-        PNG to write; written atomically, parent folders created.
-    title : str
-        Line drawn above the grid, e.g. "cluster 3 — 812 images (showing 48 nearest the
-        centre)". The PNG is widened if the title needs it.
-    captions : sequence of str, optional
-        One caption per image.
-    thumb_width : int, default=120
-        Thumbnail width in pixels (>= 16).
-    columns : int, default=8
-        Maximum thumbnails per row.
-
-    Raises
-    ------
-    ConfigError
-        On images of another dtype, dimension or of unequal shapes, a caption count that
-        differs from the image count, or out-of-range sizes.
-
-    Notes
-    -----
-    Memory: one uint8 canvas of the PNG size plus its RGBA rendering (about 5 bytes per
-    pixel; 48 thumbnails of 120 x 172 make a 966 x 1200 px PNG, about 6 MB) and one
-    thumbnail at a time.
-    """
-    shape = _check_montage_args(images, captions, thumb_width, columns)
-    measure_title = _measurer(_TITLE_PT, "bold")
-    title_text = _drawable(title, _TITLE_PT)
-    title_px = math.ceil(measure_title(title_text)) + 2 * _PAD + 4
-
-    if shape is None:
-        width, height = max(320, title_px), _TITLE_BAND + 60
-        canvas = np.full((height, width), _MONTAGE_BG, dtype=np.uint8)
-        fig = Figure(figsize=(width / _DPI, height / _DPI), dpi=_DPI)
-        fig.figimage(canvas, xo=0, yo=0, origin="upper", cmap="gray", vmin=0, vmax=255)
-        fig.text(0.5, 1 - (_TITLE_BAND + 30) / height, "no images", ha="center", va="center",
-                 fontsize=11, color="0.3", parse_math=False)
-        _montage_title(fig, title_text, height)
-        _save(fig, out)
-        return
-
-    layout = montage_layout(
-        len(images), shape, thumb_width=thumb_width, columns=columns,
-        captions=captions is not None,
-    )
-    width = max(layout.width, title_px)
-    canvas = np.full((layout.height, width), _MONTAGE_BG, dtype=np.uint8)
-    for i, img in enumerate(images):
-        x, y = layout.cell_origin(i)
-        src = np.asarray(img)
-        interp = cv2.INTER_AREA if layout.thumb_width <= src.shape[1] else cv2.INTER_LINEAR
-        thumb = cv2.resize(src, (layout.thumb_width, layout.thumb_height), interpolation=interp)
-        canvas[y : y + layout.thumb_height, x : x + layout.thumb_width] = thumb
-
-    fig = Figure(figsize=(width / _DPI, layout.height / _DPI), dpi=_DPI)
-    fig.figimage(canvas, xo=0, yo=0, origin="upper", cmap="gray", vmin=0, vmax=255,
-                 resample=False)
-    _montage_title(fig, title_text, layout.height)
-    if captions is not None:
-        measure = _measurer(_CAPTION_PT)
-        for i, caption in enumerate(captions):
-            x, y = layout.cell_origin(i)
-            text = _fit_text(_drawable(caption, _CAPTION_PT), layout.thumb_width - 2, measure)
-            centre_x = x + layout.thumb_width / 2
-            base_y = y + layout.thumb_height + 2
-            fig.text(centre_x / width, 1 - base_y / layout.height, text, ha="center",
-                     va="top", fontsize=_CAPTION_PT, color="0.1", parse_math=False)
-    _save(fig, out)
-
-
-def _montage_title(fig: Figure, text: str, height: int) -> None:
-    fig.text(_PAD / fig.bbox.width, 1 - (_TITLE_BAND / 2) / height, text, ha="left",
-             va="center", fontsize=_TITLE_PT, fontweight="bold", parse_math=False)
-
-
-# --------------------------------------------------------------------------------------------
 # index.html
 # --------------------------------------------------------------------------------------------
 
@@ -853,11 +574,4 @@ def write_index_html(
     parts.extend(["</body>", "</html>", ""])
 
     data = "\n".join(parts).encode("utf-8")  # strict: display_name removed all surrogates
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    partial = out.with_name(out.name + ".partial")
-    try:
-        partial.write_bytes(data)
-        os.replace(partial, out)
-    finally:
-        partial.unlink(missing_ok=True)
+    _write_atomic(out, lambda p: p.write_bytes(data))

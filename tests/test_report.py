@@ -1,10 +1,8 @@
-"""Tests for stream_cluster.report: plots, montages and the HTML report page."""
+"""Tests for stream_cluster.report: plots, the HTML report page and the re-exports."""
 
 from __future__ import annotations
 
 import logging
-import math
-import warnings
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -14,17 +12,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from stream_cluster import montage, report
 from stream_cluster.errors import ConfigError, StoreError
 from stream_cluster.report import (
     ClusterSummary,
-    _fit_text,
     display_name,
-    montage_layout,
     plot_elbow,
     plot_memory_timeline,
     plot_variance,
     write_index_html,
-    write_montage,
 )
 
 EVIL = "<img src=x onerror=alert(1)>.png"
@@ -51,166 +47,24 @@ def _no_partials(folder: Path) -> bool:
     return not list(folder.rglob("*.partial"))
 
 
-# ---------------------------------------------------------------- display_name
+# ---------------------------------------------------------------- re-exports
 
 
-@pytest.mark.parametrize(
-    ("name", "expected"),
-    [
-        ("plain_01.png", "plain_01.png"),
-        (JAPANESE, JAPANESE),
-        (SURROGATE, "caf\\xe9.png"),
-        ("a\nb\x00c", "a\\x0ab\\x00c"),
-        ("\udcc3\udca9t\xe9.png", "été.png"),
-    ],
-    ids=["plain", "japanese", "surrogate-escaped", "control-chars", "escaped-valid-utf8"],
-)
-def test_display_name_examples(name: str, expected: str) -> None:
-    """Check that names are made printable and undecodable bytes shown as \\xNN."""
-    assert display_name(name) == expected
+def test_report_reexports_montage_api() -> None:
+    """Check that the montage API the pipeline calls through report is montage's own."""
+    for name in montage.__all__:
+        assert getattr(report, name) is getattr(montage, name)
+        assert name in report.__all__
 
 
-@settings(max_examples=300, deadline=None)
-@given(st.text(alphabet=_ANY_CHAR))
-def test_display_name_always_utf8_and_one_line(name: str) -> None:
-    """Check that any str, lone surrogates included, becomes one line of valid UTF-8."""
-    shown = display_name(name)
-    shown.encode("utf-8")  # strict: raises on any surrogate left behind
-    assert "\n" not in shown and "\r" not in shown and "\x00" not in shown
-
-
-# ---------------------------------------------------------------- montage
-
-
-@pytest.mark.parametrize(
-    ("n", "columns", "rows", "cols"),
-    [(1, 8, 1, 1), (7, 8, 1, 7), (8, 8, 1, 8), (9, 8, 2, 8), (48, 8, 6, 8), (49, 8, 7, 8),
-     (10, 3, 4, 3), (5, 1, 5, 1)],
-)
-def test_montage_layout_rows_and_columns(n: int, columns: int, rows: int, cols: int) -> None:
-    """Check that columns = min(columns, n) and rows = ceil(n / columns)."""
-    lay = montage_layout(n, (430, 300), thumb_width=120, columns=columns)
-    assert (lay.rows, lay.columns) == (rows, cols)
-    assert lay.rows == math.ceil(n / lay.columns)
-    assert (lay.thumb_width, lay.thumb_height) == (120, 172)
-
-
-def test_montage_layout_keeps_aspect() -> None:
-    """Check that the thumbnail height follows the image aspect ratio."""
-    assert montage_layout(4, (100, 200), thumb_width=50).thumb_height == 25
-    assert montage_layout(4, (300, 100), thumb_width=40).thumb_height == 120
-
-
-def test_write_montage_size_and_placement(tmp_path: Path) -> None:
-    """Check that the PNG has the layout's size and thumbnail i sits in cell i, row-major."""
-    n = 11
-    values = [20 * i + 5 for i in range(n)]  # one flat grey level per image
-    images = [np.full((430, 300), v, dtype=np.uint8) for v in values]
-    out = tmp_path / "m.png"
-    write_montage(images, out, title="c 1", columns=4)
-    lay = montage_layout(n, (430, 300), columns=4)
-    img = _read_png(out)
-    assert img.shape == (lay.height, lay.width)
-    assert (lay.rows, lay.columns) == (3, 4)
-    for i, v in enumerate(values):
-        x, y = lay.cell_origin(i)
-        cell = img[y + 2 : y + lay.thumb_height - 2, x + 2 : x + lay.thumb_width - 2]
-        assert abs(float(cell.mean()) - v) <= 2, f"cell {i}"
+def test_report_montage_call_as_pipeline_makes_it(tmp_path: Path) -> None:
+    """Check that report.write_montage works as the pipeline calls it (positional + keywords)."""
+    images = [np.full((43, 30), 100, dtype=np.uint8)] * 3
+    out = tmp_path / "montages" / "cluster-000.png"
+    report.write_montage(images, out, title="cluster 0 - 3 images (showing 3 nearest the centre)",
+                         captions=[EVIL, JAPANESE, SURROGATE])
+    assert _read_png(out).shape[0] == report.montage_layout(3, (43, 30), captions=True).height
     assert _no_partials(tmp_path)
-
-
-def test_write_montage_hostile_captions_render(tmp_path: Path) -> None:
-    """Check that HTML, quotes, Japanese, surrogates, control chars and '$' never crash."""
-    images = [np.full((43, 30), 200, dtype=np.uint8) for _ in HOSTILE]
-    out = tmp_path / "m.png"
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # a missing-glyph warning would mean an empty box
-        write_montage(images, out, title=f"cluster 0 — {EVIL} {JAPANESE} {SURROGATE}",
-                      captions=HOSTILE, thumb_width=60, columns=3)
-    lay = montage_layout(len(HOSTILE), (43, 30), thumb_width=60, columns=3, captions=True)
-    img = _read_png(out)
-    assert img.shape[0] == lay.height
-    assert img.shape[1] >= lay.width
-
-
-@settings(max_examples=20, deadline=None)
-@given(captions=st.lists(st.text(alphabet=_ANY_CHAR, max_size=60), min_size=1, max_size=3))
-def test_write_montage_any_caption_renders(
-    tmp_path_factory: pytest.TempPathFactory, captions: list[str]
-) -> None:
-    """Check that any caption text renders without error or missing-glyph warning."""
-    out = tmp_path_factory.mktemp("montage") / "m.png"
-    images = [np.zeros((20, 16), dtype=np.uint8)] * len(captions)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        write_montage(images, out, title=captions[0], captions=captions, thumb_width=32)
-    assert _read_png(out).shape[0] == montage_layout(
-        len(captions), (20, 16), thumb_width=32, captions=True
-    ).height
-
-
-def test_write_montage_long_caption_is_shortened(tmp_path: Path) -> None:
-    """Check that a 300-character caption does not widen the montage."""
-    images = [np.zeros((43, 30), dtype=np.uint8)] * 2
-    out = tmp_path / "m.png"
-    write_montage(images, out, title="t", captions=["x" * 300 + ".png", "short.png"])
-    lay = montage_layout(2, (43, 30), captions=True)
-    assert _read_png(out).shape == (lay.height, lay.width)
-
-
-@pytest.mark.parametrize("max_px", [1, 5, 12, 39, 40, 100])
-def test_fit_text_fits_and_keeps_tail(max_px: int) -> None:
-    """Check that middle truncation fits the width, keeps the end, and is as long as it can be."""
-    text = "a_very_long_file_name_from_a_camera_roll_01.png"  # 47 characters
-    fitted = _fit_text(text, max_px, lambda s: float(len(s)))
-    if max_px >= len(text):
-        assert fitted == text
-        return
-    assert len(fitted) == max_px  # as long as fits, no shorter
-    assert "…" in fitted
-    head, tail = fitted.split("…")
-    assert text.startswith(head) and text.endswith(tail)
-
-
-def test_write_montage_long_title_widens(tmp_path: Path) -> None:
-    """Check that a title longer than the grid makes the PNG wider rather than clipping it."""
-    images = [np.zeros((43, 30), dtype=np.uint8)]
-    out = tmp_path / "m.png"
-    write_montage(images, out, title="cluster 12 — 1 images (showing 1 nearest the centre)")
-    lay = montage_layout(1, (43, 30))
-    img = _read_png(out)
-    assert img.shape[0] == lay.height
-    assert img.shape[1] > lay.width
-
-
-def test_write_montage_empty_writes_placeholder(tmp_path: Path) -> None:
-    """Check that a cluster with no images still gets a small readable PNG."""
-    out = tmp_path / "sub" / "empty.png"
-    write_montage([], out, title="cluster 4 — 0 images")
-    img = _read_png(out)
-    assert img.shape[0] > 50 and img.shape[1] >= 320
-
-
-@pytest.mark.parametrize(
-    ("images", "kwargs", "match"),
-    [
-        ([np.zeros((4, 3), np.uint8), np.zeros((3, 4), np.uint8)], {},
-         r"same shape\. Got \(3, 4\) for image 1"),
-        ([np.zeros((4, 3), np.float32)], {}, r"uint8.*Got dtype float32"),
-        ([np.zeros((4, 3, 3), np.uint8)], {}, r"2-D.*shape \(4, 3, 3\)"),
-        ([np.zeros((4, 3), np.uint8)], {"captions": ["a", "b"]}, r"Got 2 captions for 1"),
-        ([np.zeros((4, 3), np.uint8)], {"columns": 0}, r"columns.*Got 0"),
-        ([np.zeros((4, 3), np.uint8)], {"thumb_width": 4}, r"thumb_width.*Got 4"),
-    ],
-    ids=["mixed-shapes", "float", "colour", "caption-count", "zero-columns", "tiny-thumb"],
-)
-def test_write_montage_rejects_bad_input(
-    tmp_path: Path, images: list[np.ndarray], kwargs: dict[str, object], match: str
-) -> None:
-    """Check that bad montage input raises ConfigError naming what was received."""
-    with pytest.raises(ConfigError, match=match):
-        write_montage(images, tmp_path / "m.png", title="t", **kwargs)  # type: ignore[arg-type]
-    assert not (tmp_path / "m.png").exists()
 
 
 # ---------------------------------------------------------------- plots
