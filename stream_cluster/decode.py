@@ -10,7 +10,7 @@ import struct
 
 import cv2
 import numpy as np
-import pyvips
+import pyvips  # type: ignore[import-untyped]
 
 from .errors import ConfigError, DecodeError
 
@@ -224,6 +224,31 @@ def _vips_header(kind: str, fd: int) -> _Header:
     return hdr
 
 
+def _webp_is_lossy(fd: int, size: int) -> bool:
+    """Whether the (first) WebP bitstream is lossy VP8, which libwebp can decode scaled by rows.
+
+    Walks the RIFF chunks (VP8X files put ICC/EXIF/ALPH chunks first). Lossless VP8L and
+    animations are reported as not lossy, so the memory model assumes a full frame buffer.
+    """
+    offset = 12
+    for _ in range(16):
+        try:
+            chunk = os.pread(fd, 8, offset)
+        except OSError:
+            return False
+        if len(chunk) < 8:
+            return False
+        fourcc, length = chunk[:4], struct.unpack("<I", chunk[4:])[0]
+        if fourcc == b"VP8 ":
+            return True
+        if fourcc in (b"VP8L", b"ANIM", b"ANMF"):
+            return False
+        offset += 8 + length + (length & 1)
+        if offset >= size:
+            return False
+    return False
+
+
 def _tiff_block_pixels(fd: int, head: bytes, size: int) -> int:
     """Return the pixel count of one strip or tile of the first TIFF page, 0 if unknown.
 
@@ -369,14 +394,21 @@ def _over_white(im: np.ndarray) -> np.ndarray:
     for i in range(im.shape[2] - 1):
         mixed = im[:, :, i].astype(np.float32) * alpha + white
         planes.append(np.clip(mixed, 0, 255).astype(np.uint8))
-    return cv2.merge(planes) if len(planes) > 1 else planes[0][:, :, None]
+    if len(planes) == 1:
+        return planes[0][:, :, None]
+    return np.asarray(cv2.merge(planes))
 
 
 def _to_cv_channels(arr: np.ndarray) -> np.ndarray:
-    """Turn a libvips (h, w[, c]) RGB-order array into OpenCV order with c in 1..4."""
+    """Turn a libvips (h, w[, c]) RGB-order array into what cv2.imdecode would give."""
     if arr.ndim == 2:
         return arr[:, :, None]
     channels = arr.shape[2]
+    if channels == 2:
+        # OpenCV reads grey+alpha as BGRA, and cv2.resize rounds differently for 2 and 4
+        # channels (up to 1 grey level): expand so both paths give identical pixels.
+        grey, alpha = arr[:, :, 0], arr[:, :, 1]
+        return np.dstack([grey, grey, grey, alpha])
     if channels == 3:
         return np.ascontiguousarray(arr[:, :, ::-1])
     if channels == 4:
@@ -402,7 +434,7 @@ def _decode_cv2(fd: int, size: int, kind: str) -> np.ndarray | None:
     if arr is None or arr.size == 0:
         return None
     if arr.dtype == np.uint16:
-        arr = (arr >> 8).astype(np.uint8)
+        arr = np.right_shift(arr, 8).astype(np.uint8)
     elif arr.dtype != np.uint8:
         return None
     if arr.ndim == 2:
@@ -529,7 +561,7 @@ def decode_image(
         if kind == "png" and len(head) >= 29:
             hdr.interlaced = head[28] == 1
         elif kind == "webp":
-            hdr.lossy_webp = head[12:16] == b"VP8 "
+            hdr.lossy_webp = _webp_is_lossy(fd, size)
         elif kind == "tiff":
             hdr.tiff_block = _tiff_block_pixels(fd, head, size)
         pixels = hdr.width * hdr.height
