@@ -43,6 +43,7 @@ W, H = 300, 430
 PREPARE = Path("/work/shared/datasets/prepare_clipart.py")
 GIANT = Path("/usr/share/openclipart/png/signs_and_symbols/stop_sign_miguel_s_nchez_.png")
 REPO = Path(__file__).resolve().parents[1]
+_hyp_dir = tempfile.mkdtemp(prefix="decode-hyp-")  # hypothesis tests cannot use tmp_path
 
 
 @pytest.fixture(scope="module")
@@ -222,6 +223,34 @@ def test_decode_image_rejects_bad_sizes(tmp_path: Path) -> None:
         decode_image(path, 10, 10, max_pixels=0)
 
 
+_MAGICS = [
+    b"\x89PNG\r\n\x1a\n",
+    b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR",
+    b"\xff\xd8\xff",
+    b"GIF89a",
+    b"BM",
+    b"II*\x00",
+    b"MM\x00*",
+    b"RIFF\x00\x00\x00\x00WEBPVP8 ",
+    b"RIFF\x00\x00\x00\x00WEBPVP8X",
+]
+
+
+@settings(max_examples=150, deadline=None)
+@given(magic=st.sampled_from(_MAGICS), tail=st.binary(max_size=300))
+def test_decode_image_garbage_after_magic_never_crashes(magic: bytes, tail: bytes) -> None:
+    """Check that random bytes behind a real magic number give DecodeError, never a crash."""
+    path = os.path.join(_hyp_dir, "garbage.img")
+    with open(path, "wb") as fh:
+        fh.write(magic + tail)
+    try:
+        out = decode_image(path, 20, 30)
+    except DecodeError as exc:
+        assert exc.reason and "\n" not in exc.reason
+    else:
+        assert out.shape == (30, 20)
+
+
 # --- geometry and colour ----------------------------------------------------------------------
 
 
@@ -386,9 +415,6 @@ def test_decode_image_deterministic(hostile: tuple[Path, dict[str, str]]) -> Non
     assert all(np.array_equal(a, b) for a, b in zip(first, second, strict=True))
     dup_a, dup_b = (decode_image(os.path.join(root, n), W, H) for n in ("dup_a.png", "dup_b.png"))
     assert np.array_equal(dup_a, dup_b)
-
-
-_hyp_dir = tempfile.mkdtemp(prefix="decode-hyp-")
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
