@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import importlib.util
 import io
 import json
@@ -44,6 +45,7 @@ PREPARE = Path("/work/shared/datasets/prepare_clipart.py")
 GIANT = Path("/usr/share/openclipart/png/signs_and_symbols/stop_sign_miguel_s_nchez_.png")
 REPO = Path(__file__).resolve().parents[1]
 _hyp_dir = tempfile.mkdtemp(prefix="decode-hyp-")  # hypothesis tests cannot use tmp_path
+atexit.register(shutil.rmtree, _hyp_dir, True)
 
 
 @pytest.fixture(scope="module")
