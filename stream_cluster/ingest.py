@@ -33,9 +33,15 @@ logger = logging.getLogger(__name__)
 CHUNK = 8
 
 
-def _init_worker() -> None:
+def _init_worker(stderr_log: str | None = None) -> None:
     # Ctrl-C goes to the whole process group; only the parent decides how to stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if stderr_log is not None:
+        # libpng/libjpeg inside OpenCV print straight to fd 2 ("libpng error: ..."); keep those
+        # lines out of the progress bars but on record next to the run.
+        fd = os.open(stderr_log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        os.dup2(fd, 2)
+        os.close(fd)
     from threadpoolctl import threadpool_limits
 
     threadpool_limits(1)
@@ -79,15 +85,18 @@ class IngestProgress:
 class _Decoder:
     """Ordered, bounded-in-flight parallel map of :func:`decode_many` over chunks of files."""
 
-    def __init__(self, root: str, width: int, height: int, workers: int) -> None:
+    def __init__(self, root: str, width: int, height: int, workers: int,
+                 stderr_log: str | None = None) -> None:
         self.root, self.width, self.height, self.workers = root, width, height, workers
+        self.stderr_log = stderr_log
         self.pool: ProcessPoolExecutor | None = None
 
-    def _new_pool(self) -> ProcessPoolExecutor:
+    def _new_pool(self, workers: int | None = None) -> ProcessPoolExecutor:
         return ProcessPoolExecutor(
-            max_workers=self.workers,
+            max_workers=workers or self.workers,
             mp_context=multiprocessing.get_context("spawn"),
             initializer=_init_worker,
+            initargs=(self.stderr_log,),
         )
 
     def close(self) -> None:
@@ -100,8 +109,7 @@ class _Decoder:
         rows = np.full((len(chunk), self.width * self.height), 255, dtype=np.uint8)
         reasons: list[str | None] = []
         for i, rel in enumerate(chunk):
-            with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"),
-                                     initializer=_init_worker) as pool:
+            with self._new_pool(1) as pool:
                 try:
                     r, why = pool.submit(decode_many, self.root, [rel], self.width,
                                          self.height).result()
@@ -167,11 +175,13 @@ def ingest(
     start_file: int = 0,
     skipped: Sequence[tuple[str, str]] = (),
     on_images: Callable[[int], None] | None = None,
+    stderr_log: Path | None = None,
 ) -> Iterator[IngestProgress]:
     """Decode ``files[start_file:]`` into ``store``, one atomic segment at a time.
 
     Yields an :class:`IngestProgress` after every segment is durable; that is the resume point.
-    ``on_images(n)`` is called as decoded chunks arrive (for progress bars).
+    ``on_images(n)`` is called as decoded chunks arrive (for progress bars). Decoder messages
+    that worker processes print to stderr go to ``stderr_log`` when given.
 
     Memory: ``segment_rows`` rows of uint8 in the parent, plus ``2 * workers`` chunks in flight,
     plus each worker's decode workspace (see :func:`stream_cluster.decode.decode_worker_bytes`).
@@ -182,7 +192,8 @@ def ingest(
     buf = np.empty((segment_rows, d), dtype=np.uint8)
     names: list[bytes] = []
     next_file = start_file
-    decoder = _Decoder(os.fspath(root), width, height, workers)
+    decoder = _Decoder(os.fspath(root), width, height, workers,
+                       None if stderr_log is None else os.fspath(stderr_log))
     for chunk, (rows, reasons) in zip(chunks, decoder.map(chunks)):
         for rel, row, why in zip(chunk, rows, reasons):
             if why is None:

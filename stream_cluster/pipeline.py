@@ -49,7 +49,7 @@ STAGES = ("scan", "ingest", "pca", "embed", "elbow", "cluster", "report")
 RUN_FILES = (
     "state.json", "files.json", "pixels", "features", "pca-checkpoint.h5", "pca.h5",
     "kmeans.h5", "labels.csv", "skipped.csv", "run.json", "elbow.png", "variance.png",
-    "montages", "index.html", "memory.csv", "memory.png",
+    "montages", "index.html", "memory.csv", "memory.png", "decode.log",
 )
 
 
@@ -385,7 +385,8 @@ class _Runner:
         pending: list[int] = []
         for prog in ingest(root, files, pixels, width=cfg.width, height=cfg.height,
                            workers=mem_plan.workers, segment_rows=mem_plan.segment_rows,
-                           start_file=start, skipped=prior, on_images=pending.append):
+                           start_file=start, skipped=prior, on_images=pending.append,
+                           stderr_log=self.out / "decode.log"):
             self.state.update("ingest", next_file=prog.next_file, segments=prog.n_segments,
                               skipped=[list(s) for s in prog.skipped])
             self.skipped = [*self.scan_skipped, *prog.skipped]
