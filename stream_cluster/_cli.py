@@ -1,8 +1,8 @@
 """Command line: parse arguments into a RunConfig, call the library, render progress and errors.
 
-    stream-cluster IMAGES [--mem-budget 4G] [--k auto|N] ...   run or resume the pipeline
-    stream-cluster plan IMAGES [--mem-budget 2G] ...            show the memory plan, run nothing
-    stream-cluster demo [--out DIR]                             cluster scikit-learn's digits
+stream-cluster IMAGES [--mem-budget 4G] [--k auto|N] ...   run or resume the pipeline
+stream-cluster plan IMAGES [--mem-budget 2G] ...            show the memory plan, run nothing
+stream-cluster demo [--out DIR]                             cluster scikit-learn's digits
 """
 
 from __future__ import annotations
@@ -13,8 +13,13 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from . import __version__
+from .config import RunConfig, format_bytes, parse_k, parse_k_range, parse_mem, parse_size
+
+if TYPE_CHECKING:
+    from .pipeline import ProgressEvent, RunResult
 
 EXIT_ERROR = 2
 EXIT_INTERRUPTED = 130
@@ -23,41 +28,88 @@ EXIT_INTERRUPTED = 130
 def _add_run_options(p: argparse.ArgumentParser, *, demo: bool = False) -> None:
     if not demo:
         p.add_argument("images", type=Path, help="folder of images (searched recursively)")
-    p.add_argument("--out", type=Path, default=None,
-                   help="run folder (default: ./stream-cluster-runs/<folder name>); "
-                        "rerunning with the same folder resumes")
-    p.add_argument("--mem-budget", default="4G",
-                   help="peak RSS of the whole process tree, e.g. 4G, 512M, 1.5GiB (default 4G)")
-    p.add_argument("--size", default=None if demo else "300x430",
-                   help="every image is letterboxed to WIDTHxHEIGHT grey (default 300x430)")
-    p.add_argument("--components", type=int, default=None,
-                   help="PCA components (default 800); with --variance, the cap")
-    p.add_argument("--variance", type=float, default=None,
-                   help="keep the fewest components reaching this explained variance, e.g. 0.8")
-    p.add_argument("--k", default=None if demo else "auto",
-                   help="number of clusters, or 'auto' to pick it at the elbow (default auto)")
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="run folder (default: ./stream-cluster-runs/<folder name>); "
+        "rerunning with the same folder resumes",
+    )
+    p.add_argument(
+        "--mem-budget",
+        default="4G",
+        help="peak RSS of the whole process tree, e.g. 4G, 512M, 1.5GiB (default 4G)",
+    )
+    p.add_argument(
+        "--size",
+        default=None if demo else "300x430",
+        help="every image is letterboxed to WIDTHxHEIGHT grey (default 300x430)",
+    )
+    p.add_argument(
+        "--components",
+        type=int,
+        default=None,
+        help="PCA components (default 800); with --variance, the cap",
+    )
+    p.add_argument(
+        "--variance",
+        type=float,
+        default=None,
+        help="keep the fewest components reaching this explained variance, e.g. 0.8",
+    )
+    p.add_argument(
+        "--k",
+        default=None if demo else "auto",
+        help="number of clusters, or 'auto' to pick it at the elbow (default auto)",
+    )
     p.add_argument("--k-range", default="2:20", help="k values swept for the elbow (default 2:20)")
-    p.add_argument("--elbow", action="store_true",
-                   help="draw the elbow sweep even when --k is fixed")
+    p.add_argument(
+        "--elbow", action="store_true", help="draw the elbow sweep even when --k is fixed"
+    )
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    p.add_argument("--workers", type=int, default=None,
-                   help="decode worker processes (default: as many as cores and budget allow)")
-    p.add_argument("--batch-size", type=int, default=None,
-                   help="images per PCA batch (default: planned from the budget)")
-    p.add_argument("--pca-solver", choices=("gram", "sklearn"), default="gram",
-                   help="gram: fast exact update (default); sklearn: scikit-learn IncrementalPCA")
-    p.add_argument("--follow-symlinks", action="store_true",
-                   help="follow symlinks that point outside the image folder")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="decode worker processes (default: as many as cores and budget allow)",
+    )
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="images per PCA batch (default: planned from the budget)",
+    )
+    p.add_argument(
+        "--pca-solver",
+        choices=("gram", "sklearn"),
+        default="gram",
+        help="gram: fast exact update (default); sklearn: scikit-learn IncrementalPCA",
+    )
+    p.add_argument(
+        "--follow-symlinks",
+        action="store_true",
+        help="follow symlinks that point outside the image folder",
+    )
     p.add_argument("--strict", action="store_true", help="stop if any image cannot be used")
-    p.add_argument("--profile-memory", action="store_true",
-                   help="write memory.csv (RSS of the process tree every 0.1 s, per stage) "
-                        "and memory.png into the run folder")
-    p.add_argument("--montage-images", type=int, default=48,
-                   help="images per cluster montage (default 48)")
-    p.add_argument("--checkpoint-every", type=float, default=20.0, metavar="SECONDS",
-                   help="save the PCA state at most this often (default 20 s; 0 = every batch)")
-    p.add_argument("--fresh", action="store_true",
-                   help="discard what the run folder holds and start over")
+    p.add_argument(
+        "--profile-memory",
+        action="store_true",
+        help="write memory.csv (RSS of the process tree every 0.1 s, per stage) "
+        "and memory.png into the run folder",
+    )
+    p.add_argument(
+        "--montage-images", type=int, default=48, help="images per cluster montage (default 48)"
+    )
+    p.add_argument(
+        "--checkpoint-every",
+        type=float,
+        default=20.0,
+        metavar="SECONDS",
+        help="save the PCA state at most this often (default 20 s; 0 = every batch)",
+    )
+    p.add_argument(
+        "--fresh", action="store_true", help="discard what the run folder holds and start over"
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("-v", "--verbose", action="store_true", help="log what happens (INFO)")
 
@@ -77,10 +129,13 @@ def _parser(command: str) -> argparse.ArgumentParser:
     return p
 
 
-def _config(args: argparse.Namespace, images: Path, default_size: str, default_components: int,
-            default_k: str) -> object:
-    from .config import RunConfig, parse_k, parse_k_range, parse_mem, parse_size
-
+def _config(
+    args: argparse.Namespace,
+    images: Path,
+    default_size: str,
+    default_components: int,
+    default_k: str,
+) -> RunConfig:
     width, height = parse_size(args.size or default_size)
     out = args.out or Path("stream-cluster-runs") / (images.resolve().name or "images")
     return RunConfig(
@@ -111,21 +166,25 @@ class _Bars:
 
     def __init__(self, enabled: bool) -> None:
         self.enabled = enabled
-        self.bar = None
-        self.stage = None
+        self.bar: Any = None
+        self.stage: str | None = None
 
-    def update(self, ev: object) -> None:
+    def update(self, ev: ProgressEvent) -> None:
         from tqdm import tqdm
-
-        from .config import format_bytes
 
         if not self.enabled:
             return
         if ev.stage != self.stage:
             self.close()
             self.stage = ev.stage
-            self.bar = tqdm(total=ev.total, desc=f"{ev.stage:<8}", unit=ev.unit[:-1] or "it",
-                            initial=ev.done, dynamic_ncols=True, file=sys.stderr)
+            self.bar = tqdm(
+                total=ev.total,
+                desc=f"{ev.stage:<8}",
+                unit=ev.unit[:-1] or "it",
+                initial=ev.done,
+                dynamic_ncols=True,
+                file=sys.stderr,
+            )
         self.bar.total = ev.total
         self.bar.n = ev.done
         post = f"RSS {format_bytes(ev.rss_bytes)} / {format_bytes(ev.budget)}"
@@ -140,7 +199,7 @@ class _Bars:
             self.bar = None
 
 
-def _run(args: argparse.Namespace, config: object) -> object:
+def _run(args: argparse.Namespace, config: RunConfig) -> RunResult:
     from .pipeline import iter_run
 
     bars = _Bars(enabled=not args.no_progress)
@@ -150,7 +209,8 @@ def _run(args: argparse.Namespace, config: object) -> object:
             try:
                 ev = next(gen)
             except StopIteration as stop:
-                return stop.value
+                result: RunResult = stop.value
+                return result
             if ev.stage == "scan" and ev.message:
                 logging.getLogger("stream_cluster").info(ev.message)
             bars.update(ev)
@@ -159,15 +219,13 @@ def _run(args: argparse.Namespace, config: object) -> object:
         gen.close()
 
 
-def _summary(result: object) -> str:
-    from .config import format_bytes
-
-    r = result
+def _summary(r: RunResult) -> str:
     return (
         f"{r.n_images} images clustered into k={r.k} ({r.n_skipped} skipped); "
         f"{r.n_components} PCA components explain {r.explained_variance:.3f} of the variance; "
         f"inertia {r.inertia:.6g}; peak RSS {format_bytes(r.peak_rss)}.\n"
-        f"Results in {r.out_dir}: labels.csv, index.html, montages/, elbow.png, variance.png, run.json"
+        f"Results in {r.out_dir}: labels.csv, index.html, montages/, elbow.png, variance.png, "
+        f"run.json"
     )
 
 
@@ -194,16 +252,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             out = args.out or Path("stream-cluster-runs") / "demo"
             images = out.parent / (out.name + "-images")
             n = write_digits(images)
-            print(f"wrote {n} digit images (scikit-learn's bundled set) to {images}",
-                  file=sys.stderr)
+            print(
+                f"wrote {n} digit images (scikit-learn's bundled set) to {images}", file=sys.stderr
+            )
             args.out = out
             args.elbow = True
             config = _config(args, images, "32x32", 40, "10")
             out_hint = os.fspath(config.out_dir)
             result = _run(args, config)
             print(_summary(result))
-            print(f"Agreement with the true digits (adjusted Rand index): "
-                  f"{demo_score(result.out_dir):.3f}")
+            print(
+                f"Agreement with the true digits (adjusted Rand index): "
+                f"{demo_score(result.out_dir):.3f}"
+            )
             return 0
         config = _config(args, args.images, "300x430", 800, "auto")
         out_hint = os.fspath(config.out_dir)
@@ -222,13 +283,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"stream-cluster: error: {exc}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
-        print(f"\nstream-cluster: interrupted. Finished work is saved in {out_hint or 'the run folder'};"
-              f" rerun the same command to resume.", file=sys.stderr)
+        print(
+            f"\nstream-cluster: interrupted. Finished work is saved in "
+            f"{out_hint or 'the run folder'}; rerun the same command to resume.",
+            file=sys.stderr,
+        )
         return EXIT_INTERRUPTED
     except MemoryError:
-        print("stream-cluster: error: out of memory. Give a smaller --mem-budget than the memory "
-              "actually free, or close other programs; rerun the same command to resume.",
-              file=sys.stderr)
+        print(
+            "stream-cluster: error: out of memory. Give a smaller --mem-budget than the memory "
+            "actually free, or close other programs; rerun the same command to resume.",
+            file=sys.stderr,
+        )
         return EXIT_ERROR
     finally:
         pkg_logger.removeHandler(handler)

@@ -34,7 +34,8 @@ MIN_SEGMENT_ROWS = 16
 
 
 def _best_pca_batch(n_components: int) -> int:
-    # Flops per image of the Gram update ~ k^2/b + 2k + b/2 (in units of 2*d): least at b = k*sqrt(2).
+    # Flops per image of the Gram update ~ k^2/b + 2k + b/2 (in units of 2*d): least at
+    # b = k*sqrt(2).
     return max(n_components, int(round(n_components * math.sqrt(2))), 256)
 
 
@@ -136,8 +137,10 @@ def plan_memory(
         candidates = [batch_size]
     else:
         best = _best_pca_batch(k)
-        candidates = sorted({best, *range(best, min_batch - 1, -max(1, (best - min_batch) // 16 or 1)),
-                             min_batch}, reverse=True)
+        candidates = sorted(
+            {best, *range(best, min_batch - 1, -max(1, (best - min_batch) // 16 or 1)), min_batch},
+            reverse=True,
+        )
     pca_batch = next((b for b in candidates if _pca_bytes(k, b, d, solver) <= usable), None)
     # The smallest workable run: the smallest PCA batch, and decoding in-process.
     floor = max(_pca_bytes(k, candidates[-1], d, solver), _min_ingest_bytes(d, width, height))
@@ -151,7 +154,10 @@ def plan_memory(
     n_workers = max(1, cpu_count) if workers is None else workers
     while n_workers > 0 and _ingest_bytes(n_workers, segment_rows, d, width, height) > usable:
         n_workers -= 1
-    while segment_rows > MIN_SEGMENT_ROWS and _ingest_bytes(n_workers, segment_rows, d, width, height) > usable:
+    while (
+        segment_rows > MIN_SEGMENT_ROWS
+        and _ingest_bytes(n_workers, segment_rows, d, width, height) > usable
+    ):
         segment_rows //= 2
     if workers is not None and n_workers < workers:
         raise BudgetError(
@@ -202,8 +208,10 @@ def _too_small_message(
     for _ in range(30):
         mid_s = (lo_s + hi_s) / 2
         w, h = max(1, int(width * mid_s)), max(1, int(height * mid_s))
-        ok = w * h >= k and max(_pca_bytes(k, k, w * h, solver),
-                                _min_ingest_bytes(w * h, w, h)) <= usable
+        ok = (
+            w * h >= k
+            and max(_pca_bytes(k, k, w * h, solver), _min_ingest_bytes(w * h, w, h)) <= usable
+        )
         lo_s, hi_s = (mid_s, hi_s) if ok else (lo_s, mid_s)
     fit_w, fit_h = int(width * lo_s), int(height * lo_s)
     options = [f"--mem-budget {_round_up(need / SAFETY)}"]

@@ -1,7 +1,8 @@
 """Atomic checkpoints without pickle: arrays in HDF5, progress in JSON, and a run-folder lock.
 
 Every write goes to ``*.partial``, is fsynced, then renamed over the old file, so a kill at any
-moment leaves the previous checkpoint intact. Loading accepts only plain numeric (or fixed-length byte-string) arrays with
+moment leaves the previous checkpoint intact. Loading accepts only plain numeric (or
+fixed-length byte-string) arrays with
 the expected names; anything else (a tampered or foreign file) raises StoreError.
 """
 
@@ -42,7 +43,9 @@ def save_arrays(path: Path, arrays: Mapping[str, np.ndarray], meta: Mapping[str,
             for name, value in arrays.items():
                 arr = np.asarray(value)
                 if arr.dtype.kind not in "biufS":
-                    raise StoreError(f"checkpoint array {name!r} has dtype {arr.dtype}; numeric only")
+                    raise StoreError(
+                        f"checkpoint array {name!r} has dtype {arr.dtype}; numeric only"
+                    )
                 f.create_dataset(name, data=arr)
             f.attrs["complete"] = 1
             f.flush()
@@ -73,7 +76,8 @@ def load_arrays(
             for name, ds in f.items():
                 if not isinstance(ds, h5py.Dataset) or ds.dtype.kind not in "biufS":
                     raise StoreError(
-                        f"{path}: entry {name!r} is not a numeric array ({getattr(ds, 'dtype', ds)}); "
+                        f"{path}: entry {name!r} is not a numeric array "
+                        f"({getattr(ds, 'dtype', ds)}); "
                         f"the checkpoint was tampered with or comes from another program"
                     )
                 arrays[name] = ds[()]

@@ -37,7 +37,8 @@ def parse_mem(text: str | int) -> int:
         m = _MEM_RE.match(str(text))
         if not m:
             raise ConfigError(
-                f"--mem-budget must be a size such as 4G, 4GB, 4GiB, 512M or 1.5G. Got {text!r} instead."
+                f"--mem-budget must be a size such as 4G, 4GB, 4GiB, 512M or 1.5G. "
+                f"Got {text!r} instead."
             )
         value = int(float(m.group(1)) * _UNITS[m.group(2).upper()])
     if value <= 0:
@@ -71,7 +72,9 @@ def parse_size(text: str) -> tuple[int, int]:
     if w < 1 or h < 1:
         raise ConfigError(f"--size must have width and height >= 1. Got {text!r} instead.")
     if w * h > 50_000_000:
-        raise ConfigError(f"--size {w}x{h} has {w * h:,} pixels per image; the limit is 50,000,000.")
+        raise ConfigError(
+            f"--size {w}x{h} has {w * h:,} pixels per image; the limit is 50,000,000."
+        )
     return w, h
 
 
@@ -175,7 +178,8 @@ class RunConfig:
         parse_k_range(self.k_range)
         if self.pca_solver not in PCA_SOLVERS:
             raise ConfigError(
-                f"--pca-solver must be one of {', '.join(PCA_SOLVERS)}. Got {self.pca_solver!r} instead."
+                f"--pca-solver must be one of {', '.join(PCA_SOLVERS)}. "
+                f"Got {self.pca_solver!r} instead."
             )
         if self.workers is not None and self.workers < 0:
             raise ConfigError(f"--workers must be >= 0. Got {self.workers} instead.")

@@ -10,7 +10,7 @@ import struct
 
 import cv2
 import numpy as np
-import pyvips  # type: ignore[import-untyped]
+import pyvips
 
 from .errors import ConfigError, DecodeError
 

@@ -1,4 +1,4 @@
-"""One error hierarchy: library code raises these (and built-ins); the CLI prints them in one line."""
+"""One error hierarchy: the library raises these (and built-ins); the CLI prints them in a line."""
 
 from __future__ import annotations
 
@@ -48,7 +48,7 @@ class DiskFullError(StreamClusterError, OSError):
 
 
 class DecodeError(StreamClusterError):
-    """One image cannot be used; ``reason`` is a short, specific explanation recorded in skipped.csv."""
+    """One image cannot be used; ``reason`` is the short, specific cause written to skipped.csv."""
 
     def __init__(self, reason: str) -> None:
         super().__init__(reason)

@@ -85,8 +85,9 @@ class IngestProgress:
 class _Decoder:
     """Ordered, bounded-in-flight parallel map of :func:`decode_many` over chunks of files."""
 
-    def __init__(self, root: str, width: int, height: int, workers: int,
-                 stderr_log: str | None = None) -> None:
+    def __init__(
+        self, root: str, width: int, height: int, workers: int, stderr_log: str | None = None
+    ) -> None:
         self.root, self.width, self.height, self.workers = root, width, height, workers
         self.stderr_log = stderr_log
         self.pool: ProcessPoolExecutor | None = None
@@ -111,8 +112,9 @@ class _Decoder:
         for i, rel in enumerate(chunk):
             with self._new_pool(1) as pool:
                 try:
-                    r, why = pool.submit(decode_many, self.root, [rel], self.width,
-                                         self.height).result()
+                    r, why = pool.submit(
+                        decode_many, self.root, [rel], self.width, self.height
+                    ).result()
                     rows[i] = r[0]
                     reasons.append(why[0])
                 except BrokenProcessPool:
@@ -130,17 +132,15 @@ class _Decoder:
         try:
             while True:
                 while len(pending) < 2 * self.workers:
-                    chunk = next(it, None)
-                    if chunk is None:
+                    nxt = next(it, None)
+                    if nxt is None:
                         break
                     try:
-                        fut = self.pool.submit(decode_many, self.root, chunk, self.width,
-                                               self.height)
+                        fut = self.pool.submit(decode_many, self.root, nxt, self.width, self.height)
                     except BrokenProcessPool:
                         self.pool = self._new_pool()
-                        fut = self.pool.submit(decode_many, self.root, chunk, self.width,
-                                               self.height)
-                    pending.append((chunk, fut))
+                        fut = self.pool.submit(decode_many, self.root, nxt, self.width, self.height)
+                    pending.append((nxt, fut))
                 if not pending:
                     return
                 chunk, fut = pending.popleft()
@@ -156,8 +156,12 @@ class _Decoder:
                     pending.clear()
                     for c in redo:
                         pending.append(
-                            (c, self.pool.submit(decode_many, self.root, c, self.width,
-                                                 self.height))
+                            (
+                                c,
+                                self.pool.submit(
+                                    decode_many, self.root, c, self.width, self.height
+                                ),
+                            )
                         )
         finally:
             self.close()
@@ -192,8 +196,13 @@ def ingest(
     buf = np.empty((segment_rows, d), dtype=np.uint8)
     names: list[bytes] = []
     next_file = start_file
-    decoder = _Decoder(os.fspath(root), width, height, workers,
-                       None if stderr_log is None else os.fspath(stderr_log))
+    decoder = _Decoder(
+        os.fspath(root),
+        width,
+        height,
+        workers,
+        None if stderr_log is None else os.fspath(stderr_log),
+    )
     for chunk, (rows, reasons) in zip(chunks, decoder.map(chunks)):
         for rel, row, why in zip(chunk, rows, reasons):
             if why is None:

@@ -121,7 +121,8 @@ class StreamingKMeans:
     @property
     def cluster_centers_(self) -> np.ndarray:
         """Current centres."""
-        return self.model_.cluster_centers_
+        centers: np.ndarray = self.model_.cluster_centers_
+        return centers
 
     def get_state(self) -> dict[str, np.ndarray]:
         """Every array needed to continue exactly, including the random generator state."""
@@ -169,9 +170,7 @@ class StreamingKMeans:
         return self
 
 
-def fit_kmeans(
-    source: FeatureSource, k: int, *, seed: int, epochs: int = 5
-) -> KMeansResult:
+def fit_kmeans(source: FeatureSource, k: int, *, seed: int, epochs: int = 5) -> KMeansResult:
     """Cluster all features into ``k`` groups and label every image.
 
     In memory this is scikit-learn's KMeans (Lloyd, k-means++, 3 inits): exact and fast for

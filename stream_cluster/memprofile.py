@@ -11,6 +11,7 @@ import threading
 import time
 from pathlib import Path
 from types import TracebackType
+from typing import TextIO
 
 import psutil
 
@@ -50,7 +51,7 @@ class MemorySampler:
         self._thread = threading.Thread(target=self._loop, name="rss-sampler", daemon=True)
         self._proc = psutil.Process()
         self._t0 = time.perf_counter()
-        self._fh = None
+        self._fh: TextIO | None = None
 
     def sample(self) -> int:
         """Take one sample now (also called by the thread)."""

@@ -15,7 +15,7 @@ import os
 import platform
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Generator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,9 +47,23 @@ logger = logging.getLogger(__name__)
 STAGES = ("scan", "ingest", "pca", "embed", "elbow", "cluster", "report")
 #: Files and folders a run creates; ``fresh=True`` removes only these.
 RUN_FILES = (
-    "state.json", "files.json", "pixels", "features", "pca-checkpoint.h5", "pca.h5",
-    "kmeans.h5", "labels.csv", "skipped.csv", "run.json", "elbow.png", "variance.png",
-    "montages", "index.html", "memory.csv", "memory.png", "decode.log",
+    "state.json",
+    "files.json",
+    "pixels",
+    "features",
+    "pca-checkpoint.h5",
+    "pca.h5",
+    "kmeans.h5",
+    "labels.csv",
+    "skipped.csv",
+    "run.json",
+    "elbow.png",
+    "variance.png",
+    "montages",
+    "index.html",
+    "memory.csv",
+    "memory.png",
+    "decode.log",
 )
 
 
@@ -229,7 +243,9 @@ def _write_csv(path: Path, header: list[str], rows: list[list[Any]]) -> None:
     atomic_write_bytes(path, buf.getvalue().encode("utf-8", errors="surrogateescape"))
 
 
-def iter_run(config: RunConfig, *, fresh: bool = False) -> Iterator[ProgressEvent]:
+def iter_run(
+    config: RunConfig, *, fresh: bool = False
+) -> Generator[ProgressEvent, None, RunResult]:
     """Run the pipeline, yielding progress; returns a :class:`RunResult` (``StopIteration.value``).
 
     Everything that can be checked before heavy work is checked first: settings, input folder,
@@ -254,11 +270,22 @@ class _Runner:
         self.state = RunState(out / "state.json")
         self.stage_seconds: dict[str, float] = {}
         self.skipped: list[tuple[str, str]] = []
+        self.scan_skipped: list[tuple[str, str]] = []
+        self.knee_method = ""
 
-    def event(self, stage: str, done: int, total: int, unit: str = "images",
-              message: str = "") -> ProgressEvent:
-        return ProgressEvent(stage, done, total, unit, self.sampler.current,
-                             self.config.mem_budget, len(self.skipped), message)
+    def event(
+        self, stage: str, done: int, total: int, unit: str = "images", message: str = ""
+    ) -> ProgressEvent:
+        return ProgressEvent(
+            stage,
+            done,
+            total,
+            unit,
+            self.sampler.current,
+            self.config.mem_budget,
+            len(self.skipped),
+            message,
+        )
 
     def _enter(self, stage: str) -> float:
         self.sampler.stage = stage
@@ -276,7 +303,7 @@ class _Runner:
         )
 
     # -- the whole run ---------------------------------------------------------------------
-    def run(self) -> Iterator[ProgressEvent]:
+    def run(self) -> Generator[ProgressEvent, None, RunResult]:
         cfg = self.config
         _check_settings(self.state, cfg)
         t0 = self._enter("scan")
@@ -289,7 +316,8 @@ class _Runner:
         if not files:
             raise InputError(
                 f"No images found in {cfg.input_dir} (looked recursively for .png .jpg .jpeg "
-                f".bmp .tif .tiff .webp .gif; hidden files are ignored). Point to a folder of images."
+                f".bmp .tif .tiff .webp .gif; hidden files are ignored). "
+                f"Point to a folder of images."
             )
         if len(files) < cfg.n_components:
             raise InputError(
@@ -299,21 +327,32 @@ class _Runner:
             )
         if cfg.k is not None and cfg.k > len(files):
             raise InputError(
-                f"--k {cfg.k} is larger than the number of images ({len(files)}). Use a smaller --k."
+                f"--k {cfg.k} is larger than the number of images ({len(files)}). "
+                f"Use a smaller --k."
             )
         mem_plan = self._plan(len(files))
         d = cfg.n_features
         _check_disk(self.out, self._disk_need(len(files), mem_plan))
         if not self.state.stage("ingest"):
-            atomic_write_bytes(
-                self.out / "files.json", json.dumps(files).encode("utf-8")
+            atomic_write_bytes(self.out / "files.json", json.dumps(files).encode("utf-8"))
+            self.state.update(
+                "ingest",
+                key=cfg.stage_key("ingest"),
+                files_digest=digest,
+                n_files=len(files),
+                next_file=0,
+                segments=0,
+                skipped=[],
             )
-            self.state.update("ingest", key=cfg.stage_key("ingest"), files_digest=digest,
-                              n_files=len(files), next_file=0, segments=0, skipped=[])
-        self.scan_skipped = [tuple(x) for x in found.skipped]
+        self.scan_skipped = [(str(a), str(b)) for a, b in found.skipped]
         self._leave("scan", t0)
-        yield self.event("scan", len(files), len(files), "files",
-                         f"{len(files)} image files; plan: {mem_plan.describe()}")
+        yield self.event(
+            "scan",
+            len(files),
+            len(files),
+            "files",
+            f"{len(files)} image files; plan: {mem_plan.describe()}",
+        )
 
         pixels = RowStore(self.out / "pixels", d, np.uint8)
         yield from self._ingest(found.root, files, pixels, mem_plan)
@@ -346,10 +385,15 @@ class _Runner:
         if rec and not rec.get("done") and rec.get("batch") and rec["batch"] != mem_plan.pca_batch:
             try:
                 pinned = plan_memory(
-                    self.config.mem_budget, n_images=n_files, width=self.config.width,
-                    height=self.config.height, n_components=self.config.n_components,
-                    solver=self.config.pca_solver, workers=self.config.workers,
-                    batch_size=int(rec["batch"]), cpu_count=os.cpu_count() or 1,
+                    self.config.mem_budget,
+                    n_images=n_files,
+                    width=self.config.width,
+                    height=self.config.height,
+                    n_components=self.config.n_components,
+                    solver=self.config.pca_solver,
+                    workers=self.config.workers,
+                    batch_size=int(rec["batch"]),
+                    cpu_count=os.cpu_count() or 1,
                 )
                 mem_plan = pinned
             except Exception:
@@ -364,31 +408,49 @@ class _Runner:
         if (self.out / "pixels").exists():
             done_rows = sum(p.stat().st_size for p in (self.out / "pixels").glob("seg-*.h5"))
         pixels = max(0, n_files * cfg.n_features - done_rows)
-        model = 2 * cfg.n_components * cfg.n_features * 4 * (0 if self.state.stage("pca").get("done") else 1)
+        model = (
+            2
+            * cfg.n_components
+            * cfg.n_features
+            * 4
+            * (0 if self.state.stage("pca").get("done") else 1)
+        )
         return int(pixels + model + n_files * cfg.n_components * 4 + 16 * 2**20)
 
     # -- stages ------------------------------------------------------------------------------
-    def _ingest(self, root: Path, files: list[str], pixels: RowStore,
-                mem_plan: MemoryPlan) -> Iterator[ProgressEvent]:
+    def _ingest(
+        self, root: Path, files: list[str], pixels: RowStore, mem_plan: MemoryPlan
+    ) -> Generator[ProgressEvent, None, None]:
         cfg = self.config
         rec = self.state.stage("ingest")
-        self.skipped = [*self.scan_skipped, *[tuple(x) for x in rec.get("skipped", [])]]
+        prior = [(str(a), str(b)) for a, b in rec.get("skipped", [])]
+        self.skipped = [*self.scan_skipped, *prior]
         if rec.get("done"):
             return
         t0 = self._enter("ingest")
         pixels.truncate_segments(int(rec.get("segments", 0)))
         start = int(rec.get("next_file", 0))
-        prior = [tuple(x) for x in rec.get("skipped", [])]
         done = start
         total = len(files)
         yield self.event("ingest", done, total)
-        pending: list[int] = []
-        for prog in ingest(root, files, pixels, width=cfg.width, height=cfg.height,
-                           workers=mem_plan.workers, segment_rows=mem_plan.segment_rows,
-                           start_file=start, skipped=prior, on_images=pending.append,
-                           stderr_log=self.out / "decode.log"):
-            self.state.update("ingest", next_file=prog.next_file, segments=prog.n_segments,
-                              skipped=[list(s) for s in prog.skipped])
+        for prog in ingest(
+            root,
+            files,
+            pixels,
+            width=cfg.width,
+            height=cfg.height,
+            workers=mem_plan.workers,
+            segment_rows=mem_plan.segment_rows,
+            start_file=start,
+            skipped=prior,
+            stderr_log=self.out / "decode.log",
+        ):
+            self.state.update(
+                "ingest",
+                next_file=prog.next_file,
+                segments=prog.n_segments,
+                skipped=[list(s) for s in prog.skipped],
+            )
             self.skipped = [*self.scan_skipped, *prog.skipped]
             done = prog.next_file
             yield self.event("ingest", done, total)
@@ -397,10 +459,11 @@ class _Runner:
         self._leave("ingest", t0)
 
     def _write_skipped(self) -> None:
-        _write_csv(self.out / "skipped.csv", ["path", "reason"],
-                   [[p, r] for p, r in self.skipped])
+        _write_csv(self.out / "skipped.csv", ["path", "reason"], [[p, r] for p, r in self.skipped])
 
-    def _pca(self, pixels: RowStore, mem_plan: MemoryPlan) -> Iterator[ProgressEvent]:
+    def _pca(
+        self, pixels: RowStore, mem_plan: MemoryPlan
+    ) -> Generator[ProgressEvent, None, StreamingPCA]:
         cfg = self.config
         rec = self.state.stage("pca")
         n = len(pixels)
@@ -435,8 +498,11 @@ class _Runner:
             cursor = hi
             now = time.perf_counter()
             if cursor == n or now - last_save >= cfg.checkpoint_seconds:
-                save_arrays(ckpt, model.get_state(),
-                            {"cursor": cursor, "batch": b, "key": cfg.stage_key("pca")})
+                save_arrays(
+                    ckpt,
+                    model.get_state(),
+                    {"cursor": cursor, "batch": b, "key": cfg.stage_key("pca")},
+                )
                 self.state.update("pca", cursor=cursor)
                 last_save = time.perf_counter()
             yield self.event("pca", cursor, n)
@@ -450,19 +516,24 @@ class _Runner:
                 logger.warning(
                     "%d components explain %.3f of the variance, below --variance %.3f; keeping "
                     "all. Raise --components to reach the target.",
-                    len(evr), float(np.sum(evr)), cfg.variance,
+                    len(evr),
+                    float(np.sum(evr)),
+                    cfg.variance,
                 )
         os.replace(ckpt, final)
         self.state.update(
-            "pca", done=True, n_keep=n_keep, explained_variance=float(np.sum(evr[:n_keep])),
+            "pca",
+            done=True,
+            n_keep=n_keep,
+            explained_variance=float(np.sum(evr[:n_keep])),
             explained_variance_ratio=[float(v) for v in evr],
         )
         self._leave("pca", t0)
         return model
 
-    def _embed(self, pixels: RowStore, model: StreamingPCA,
-               mem_plan: MemoryPlan) -> Iterator[ProgressEvent]:
-        cfg = self.config
+    def _embed(
+        self, pixels: RowStore, model: StreamingPCA, mem_plan: MemoryPlan
+    ) -> Generator[ProgressEvent, None, RowStore]:
         n_keep = int(self.state.stage("pca")["n_keep"])
         features = RowStore(self.out / "features", n_keep, np.float32)
         rec = self.state.stage("embed")
@@ -491,11 +562,14 @@ class _Runner:
         return features
 
     def _feature_source(self, features: RowStore, mem_plan: MemoryPlan) -> FeatureSource:
+        # Features that fit the budget are read once and clustered in memory (fast, exact).
         if mem_plan.features_in_memory:
             return FeatureSource(features.read(0, len(features)), batch_size=4096)
         return FeatureSource(features, batch_size=max(mem_plan.embed_batch, 1024))
 
-    def _elbow(self, source: FeatureSource) -> Iterator[ProgressEvent]:
+    def _elbow(
+        self, source: FeatureSource
+    ) -> Generator[ProgressEvent, None, tuple[dict[int, float], int | None]]:
         cfg = self.config
         if not cfg.do_elbow:
             return {}, None
@@ -508,7 +582,9 @@ class _Runner:
             rec = self.state.stage("elbow")
         inertias = {int(k): float(v) for k, v in rec.get("inertias", {}).items()}
         if len(ks) < 3:
-            logger.warning("only %d values of k fit %d images; no elbow sweep", len(ks), len(source))
+            logger.warning(
+                "only %d values of k fit %d images; no elbow sweep", len(ks), len(source)
+            )
             return inertias, None
         if not rec.get("done"):
             t0 = self._enter("elbow")
@@ -525,40 +601,56 @@ class _Runner:
         knee = find_knee(ks, curve)
         self.knee_method = knee.method
         if knee.k is None and cfg.k is None:
-            logger.warning("no clear knee in the inertia curve; using k=%d (set --k to choose)",
-                           cfg.k_range[0])
+            logger.warning(
+                "no clear knee in the inertia curve; using k=%d (set --k to choose)", cfg.k_range[0]
+            )
         return inertias, knee.k
 
-    def _cluster(self, source: FeatureSource, k: int) -> Iterator[ProgressEvent]:
+    def _cluster(
+        self, source: FeatureSource, k: int
+    ) -> Generator[ProgressEvent, None, KMeansResult]:
         cfg = self.config
         rec = self.state.stage("cluster")
         path = self.out / "kmeans.h5"
         key = {**cfg.stage_key("cluster"), "k_used": k}
         if rec.get("done") and rec.get("key") == key and path.exists():
             arrays, meta = load_arrays(path, required=("centers", "labels", "sq_distances"))
-            return KMeansResult(arrays["centers"], arrays["labels"], arrays["sq_distances"],
-                                float(meta["inertia"]))
+            return KMeansResult(
+                arrays["centers"], arrays["labels"], arrays["sq_distances"], float(meta["inertia"])
+            )
         t0 = self._enter("cluster")
         yield self.event("cluster", 0, 1, "k", f"k={k}")
         km = fit_kmeans(source, k, seed=cfg.seed)
-        save_arrays(path, {"centers": km.centers, "labels": km.labels,
-                           "sq_distances": km.sq_distances},
-                    {"k": k, "inertia": km.inertia, "seed": cfg.seed})
+        save_arrays(
+            path,
+            {"centers": km.centers, "labels": km.labels, "sq_distances": km.sq_distances},
+            {"k": k, "inertia": km.inertia, "seed": cfg.seed},
+        )
         self.state.update("cluster", key=key, done=True, k=k, inertia=km.inertia)
         self._leave("cluster", t0)
         yield self.event("cluster", 1, 1, "k", f"k={k}")
         return km
 
-    def _report(self, pixels: RowStore, km: KMeansResult, elbow: dict[int, float],
-                knee: int | None, k: int, mem_plan: MemoryPlan) -> Iterator[ProgressEvent]:
+    def _report(
+        self,
+        pixels: RowStore,
+        km: KMeansResult,
+        elbow: dict[int, float],
+        knee: int | None,
+        k: int,
+        mem_plan: MemoryPlan,
+    ) -> Generator[ProgressEvent, None, None]:
         from . import report
 
         cfg = self.config
         t0 = self._enter("report")
         names = [os.fsdecode(b) for b in pixels.names()]
         dist = np.sqrt(km.sq_distances)
-        _write_csv(self.out / "labels.csv", ["path", "cluster", "distance"],
-                   [[p, int(c), f"{d:.6g}"] for p, c, d in zip(names, km.labels, dist)])
+        _write_csv(
+            self.out / "labels.csv",
+            ["path", "cluster", "distance"],
+            [[p, int(c), f"{d:.6g}"] for p, c, d in zip(names, km.labels, dist)],
+        )
         self._write_skipped()
         pca_rec = self.state.stage("pca")
         evr = np.asarray(pca_rec["explained_variance_ratio"])
@@ -567,9 +659,13 @@ class _Runner:
         images = {"Cumulative explained variance": "variance.png"}
         if elbow and len(elbow) >= 3:
             ks = sorted(elbow)
-            report.plot_elbow(ks, [elbow[x] for x in ks], self.out / "elbow.png",
-                              chosen_k=k if cfg.k is not None else knee,
-                              method=getattr(self, "knee_method", ""))
+            report.plot_elbow(
+                ks,
+                [elbow[x] for x in ks],
+                self.out / "elbow.png",
+                chosen_k=k if cfg.k is not None else knee,
+                method=self.knee_method,
+            )
             images["Elbow: inertia vs k"] = "elbow.png"
         montage_dir = self.out / "montages"
         montage_dir.mkdir(exist_ok=True)
@@ -584,12 +680,17 @@ class _Runner:
                 rows = pixels.read_rows(shown.tolist())
                 imgs = [r.reshape(cfg.height, cfg.width) for r in rows]
                 report.write_montage(
-                    imgs, self.out / rel,
-                    title=f"cluster {c} - {sizes[c]} images (showing {len(shown)} nearest the centre)",
+                    imgs,
+                    self.out / rel,
+                    title=f"cluster {c} - {sizes[c]} images "
+                    f"(showing {len(shown)} nearest the centre)",
                     captions=[os.path.basename(names[i]) for i in shown],
                 )
-            clusters.append(report.ClusterSummary(cluster=c, size=int(sizes[c]), montage=rel,
-                                                  examples=[names[i] for i in shown]))
+            clusters.append(
+                report.ClusterSummary(
+                    cluster=c, size=int(sizes[c]), montage=rel, examples=[names[i] for i in shown]
+                )
+            )
             yield self.event("report", c + 1, k, "clusters")
         self._leave("report", t0)
         ev = float(pca_rec["explained_variance"])
@@ -606,20 +707,33 @@ class _Runner:
         }
         if cfg.profile_memory and (self.out / "memory.csv").exists():
             self.sampler.sample()
-            report.plot_memory_timeline(self.out / "memory.csv", self.out / "memory.png",
-                                        budget_bytes=cfg.mem_budget)
+            report.plot_memory_timeline(
+                self.out / "memory.csv", self.out / "memory.png", budget_bytes=cfg.mem_budget
+            )
             images["Memory timeline (RSS of the process tree)"] = "memory.png"
-        report.write_index_html(self.out / "index.html", title="stream-cluster report",
-                                summary=summary, clusters=clusters, skipped=self.skipped,
-                                images=images)
+        report.write_index_html(
+            self.out / "index.html",
+            title="stream-cluster report",
+            summary=summary,
+            clusters=clusters,
+            skipped=self.skipped,
+            images=images,
+        )
         self._write_run_json(km, k, knee, elbow, mem_plan, len(names))
 
     def _peak(self) -> int:
         stages = self.state.data["stages"]
         return max([self.sampler.peak, *[int(r.get("peak_rss", 0)) for r in stages.values()]])
 
-    def _write_run_json(self, km: KMeansResult, k: int, knee: int | None,
-                        elbow: dict[int, float], mem_plan: MemoryPlan, n: int) -> None:
+    def _write_run_json(
+        self,
+        km: KMeansResult,
+        k: int,
+        knee: int | None,
+        elbow: dict[int, float],
+        mem_plan: MemoryPlan,
+        n: int,
+    ) -> None:
         stages = self.state.data["stages"]
         pca_rec = stages.get("pca", {})
         doc = {
@@ -629,8 +743,10 @@ class _Runner:
             "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
             "plan": mem_plan.as_dict(),
             "stages": {
-                s: {"seconds": round(float(stages.get(s, {}).get("seconds", 0.0)), 3),
-                    "peak_rss_bytes": int(stages.get(s, {}).get("peak_rss", 0))}
+                s: {
+                    "seconds": round(float(stages.get(s, {}).get("seconds", 0.0)), 3),
+                    "peak_rss_bytes": int(stages.get(s, {}).get("peak_rss", 0)),
+                }
                 for s in STAGES
             },
             "peak_rss_bytes": self._peak(),
@@ -666,4 +782,3 @@ class _Runner:
             peak_rss=self._peak(),
             stage_seconds={s: float(stages.get(s, {}).get("seconds", 0.0)) for s in STAGES},
         )
-

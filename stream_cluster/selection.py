@@ -130,7 +130,7 @@ def chord_distances(
 def _kneedle(ks: list[int], ys: np.ndarray, sensitivity: float) -> int | None:
     """Run kneed's KneeLocator for a convex decreasing curve; None if it finds no knee."""
     # imported lazily: kneed pulls in scipy.signal
-    from kneed import KneeLocator  # type: ignore[import-untyped]
+    from kneed import KneeLocator
 
     with warnings.catch_warnings():
         # kneed warns "No knee/elbow found" and divides by zero on degenerate input;

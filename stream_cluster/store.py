@@ -111,7 +111,8 @@ class RowStore:
         for i, name in enumerate(names):
             if name != _SEG_FMT.format(i):
                 raise StoreError(
-                    f"Store {self.directory} has a gap: expected {_SEG_FMT.format(i)}, found {name}. "
+                    f"Store {self.directory} has a gap: expected {_SEG_FMT.format(i)}, "
+                    f"found {name}. "
                     f"Delete the run folder (or rerun with --fresh) to rebuild it."
                 )
             path = self.directory / name

@@ -22,7 +22,8 @@ def test_parse_mem_units(text: str, expected: int) -> None:
 
 
 @pytest.mark.parametrize("text", ["lots", "", "-1G", "0", "0G", "4X", "G4", "1.2.3G"],
-                         ids=["word", "empty", "negative", "zero", "zeroG", "unit", "order", "dots"])
+                         ids=["word", "empty", "negative", "zero", "zeroG", "unit", "order",
+                              "dots"])
 def test_parse_mem_rejects(text: str) -> None:
     """Check that malformed, zero and negative budgets give a message that names the option."""
     with pytest.raises(ConfigError, match="--mem-budget"):
