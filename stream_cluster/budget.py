@@ -49,6 +49,7 @@ class MemoryPlan:
     segment_rows: int
     workers: int
     features_in_memory: bool
+    overlap: bool = False
     stage_bytes: dict[str, int] = field(default_factory=dict)
 
     @property
@@ -66,7 +67,8 @@ class MemoryPlan:
             f"memory budget {format_bytes(self.budget)} (plan fills at most {SAFETY:.0%})",
             f"  PCA batch {self.pca_batch} images, embed batch {self.embed_batch}, "
             f"store segments of {self.segment_rows}, {self.workers} decode worker(s), "
-            f"features {'in memory' if self.features_in_memory else 'streamed'} for k-means",
+            f"features {'in memory' if self.features_in_memory else 'streamed'} for k-means, "
+            f"decoding {'overlapped with' if self.overlap else 'before'} PCA",
         ]
         for stage, b in self.stage_bytes.items():
             lines.append(f"  {stage:<8} modelled peak {format_bytes(b)}")
@@ -86,9 +88,10 @@ def _min_ingest_bytes(n_features: int, width: int, height: int) -> int:
 
 
 def _pca_bytes(k: int, b: int, d: int, solver: str) -> int:
-    # pca_memory_bytes counts the model, the float32 batch and the solver workspace; the
-    # uint8 rows read from the store before conversion come on top.
-    return PARENT_BASE_BYTES + pca_memory_bytes(k, b, d, solver) + b * d
+    # pca_memory_bytes counts the model, the float32 batch and the solver workspace (the
+    # pipeline lets the solver centre the batch in place: copy=False); the uint8 rows read from
+    # the store before conversion come on top.
+    return PARENT_BASE_BYTES + pca_memory_bytes(k, b, d, solver, copy=False) + b * d
 
 
 def _embed_bytes(k: int, b: int, d: int) -> int:
@@ -173,14 +176,38 @@ def plan_memory(
         "embed": _embed_bytes(k, embed_batch, d),
         "kmeans": _kmeans_bytes(n_images, k_out, in_memory, embed_batch, max_k),
     }
+    # Decoding while the PCA fits (the pipeline's faster path) holds both at once. Take it when
+    # it fits with at least one worker and the same PCA batch (the batch decides the result,
+    # so it must not depend on whether decoding overlaps).
+    overlap_workers = next(
+        (
+            w
+            for w in range(n_workers, 0, -1)
+            if _overlap_bytes(w, segment_rows, k, pca_batch, d, width, height, solver) <= usable
+        ),
+        0,
+    )
+    if overlap_workers:
+        stage_bytes["ingest+pca"] = _overlap_bytes(
+            overlap_workers, segment_rows, k, pca_batch, d, width, height, solver
+        )
     return MemoryPlan(
         budget=budget,
         pca_batch=pca_batch,
         embed_batch=embed_batch,
         segment_rows=segment_rows,
-        workers=n_workers,
+        workers=overlap_workers or n_workers,
         features_in_memory=in_memory,
+        overlap=overlap_workers > 0,
         stage_bytes=stage_bytes,
+    )
+
+
+def _overlap_bytes(
+    workers: int, segment_rows: int, k: int, b: int, d: int, width: int, height: int, solver: str
+) -> int:
+    return _ingest_bytes(workers, segment_rows, d, width, height) + _pca_bytes(k, b, d, solver) - (
+        PARENT_BASE_BYTES
     )
 
 

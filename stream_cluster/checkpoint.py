@@ -12,6 +12,7 @@ import fcntl
 import json
 import logging
 import os
+import threading
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -99,6 +100,7 @@ class RunState:
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
+        self._lock = threading.Lock()  # ingest may run in a thread beside the PCA
         self.data: dict[str, Any] = {"format": "stream-cluster-state/1", "stages": {}}
         if self.path.exists():
             try:
@@ -118,17 +120,23 @@ class RunState:
 
     def update(self, name: str, **fields: Any) -> None:
         """Merge ``fields`` into the stage record and save atomically."""
-        self.data["stages"].setdefault(name, {}).update(fields)
-        self.save()
+        with self._lock:
+            self.data["stages"].setdefault(name, {}).update(fields)
+            self._save()
 
     def reset(self, names: Iterable[str]) -> None:
         """Forget the given stages (they will run again)."""
-        for n in names:
-            self.data["stages"].pop(n, None)
-        self.save()
+        with self._lock:
+            for n in names:
+                self.data["stages"].pop(n, None)
+            self._save()
 
     def save(self) -> None:
         """Write state.json atomically."""
+        with self._lock:
+            self._save()
+
+    def _save(self) -> None:
         raw = json.dumps(self.data, indent=1, sort_keys=True).encode()
         atomic_write_bytes(self.path, raw)
 

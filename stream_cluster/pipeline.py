@@ -13,7 +13,9 @@ import json
 import logging
 import os
 import platform
+import queue
 import shutil
+import threading
 import time
 from collections.abc import Generator
 from dataclasses import dataclass, field
@@ -45,6 +47,15 @@ __all__ = ["STAGES", "ProgressEvent", "RunResult", "iter_run", "plan", "run"]
 logger = logging.getLogger(__name__)
 
 STAGES = ("scan", "ingest", "pca", "embed", "elbow", "cluster", "report")
+#: Images are decoded and fitted in one fixed pseudo-random order (not the sorted one) so that
+#: every batch is a fair sample of the folder: incremental PCA and mini-batch k-means assume
+#: exchangeable batches, and sorted folders put one category in each. Outputs are sorted by path.
+ORDER_SEED = 20260101
+
+
+def processing_order(n_files: int) -> np.ndarray:
+    """The fixed order in which the sorted files are ingested (a seeded permutation)."""
+    return np.random.default_rng(ORDER_SEED).permutation(n_files)
 #: Files and folders a run creates; ``fresh=True`` removes only these.
 RUN_FILES = (
     "state.json",
@@ -260,6 +271,35 @@ def iter_run(
         return result
 
 
+class _RowsFeed:
+    """Rows committed to the pixel store so far; with a background ingest, also its events."""
+
+    def __init__(
+        self,
+        store: RowStore,
+        events: queue.Queue[ProgressEvent | BaseException | None] | None = None,
+    ) -> None:
+        self.store = store
+        self.events = events
+        self.background = events is not None
+        self.finished = events is None
+
+    def wait(self, need: int) -> Generator[ProgressEvent, None, int]:
+        """Yield ingest events until ``need`` rows are committed or ingest ends; return rows."""
+        while self.events is not None and not self.finished and len(self.store) < need:
+            try:
+                item = self.events.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            if item is None:
+                self.finished = True
+            elif isinstance(item, BaseException):
+                raise item
+            else:
+                yield item
+        return len(self.store)
+
+
 class _Runner:
     """State of one invocation; each stage is a method that yields progress events."""
 
@@ -355,20 +395,18 @@ class _Runner:
         )
 
         pixels = RowStore(self.out / "pixels", d, np.uint8)
-        yield from self._ingest(found.root, files, pixels, mem_plan)
+        ingest_rec = self.state.stage("ingest")
+        if not ingest_rec.get("done"):
+            # Segments written after the last recorded one (a kill between the two) are redone.
+            pixels.truncate_segments(int(ingest_rec.get("segments", 0)))
+        ordered = [files[i] for i in processing_order(len(files))]
+        if mem_plan.overlap and not self.state.stage("ingest").get("done"):
+            model = yield from self._ingest_and_pca(found.root, ordered, pixels, mem_plan)
+        else:
+            yield from self._ingest(found.root, ordered, pixels, mem_plan)
+            self._check_ingested(len(pixels), len(files))
+            model = yield from self._pca(pixels, mem_plan, _RowsFeed(pixels), len(files))
         n = len(pixels)
-        if n < cfg.n_components:
-            raise InputError(
-                f"Only {n} of {len(files)} images could be decoded ({len(self.skipped)} skipped, "
-                f"see {self.out / 'skipped.csv'}), fewer than --components {cfg.n_components}. "
-                f"Use --components {max(n, 1)} or fewer."
-            )
-        if cfg.strict and self.skipped:
-            raise InputError(
-                f"--strict: {len(self.skipped)} image(s) could not be used, e.g. "
-                f"{self.skipped[0][0]!r}: {self.skipped[0][1]}. See {self.out / 'skipped.csv'}."
-            )
-        model = yield from self._pca(pixels, mem_plan)
         features = yield from self._embed(pixels, model, mem_plan)
         del model
         source = self._feature_source(features, mem_plan)
@@ -418,8 +456,60 @@ class _Runner:
         return int(pixels + model + n_files * cfg.n_components * 4 + 16 * 2**20)
 
     # -- stages ------------------------------------------------------------------------------
-    def _ingest(
+    def _check_ingested(self, n: int, n_files: int) -> None:
+        cfg = self.config
+        if n < cfg.n_components:
+            raise InputError(
+                f"Only {n} of {n_files} images could be decoded ({len(self.skipped)} skipped, "
+                f"see {self.out / 'skipped.csv'}), fewer than --components {cfg.n_components}. "
+                f"Use --components {max(n, 1)} or fewer."
+            )
+        if cfg.strict and self.skipped:
+            raise InputError(
+                f"--strict: {len(self.skipped)} image(s) could not be used, e.g. "
+                f"{self.skipped[0][0]!r}: {self.skipped[0][1]}. See {self.out / 'skipped.csv'}."
+            )
+
+    def _ingest_and_pca(
         self, root: Path, files: list[str], pixels: RowStore, mem_plan: MemoryPlan
+    ) -> Generator[ProgressEvent, None, StreamingPCA]:
+        """Decode in a background thread (and its worker processes) while PCA fits batches.
+
+        The PCA only reads rows whose segment is committed, in the same fixed batches as the
+        sequential path, so the model is identical either way and each side resumes on its own.
+        """
+        t0 = self._enter("ingest+pca")
+        events: queue.Queue[ProgressEvent | BaseException | None] = queue.Queue()
+        stop = threading.Event()
+
+        def produce() -> None:
+            try:
+                for ev in self._ingest(root, files, pixels, mem_plan, stop=stop, account=False):
+                    events.put(ev)
+            except BaseException as exc:  # handed to the main thread, which raises it
+                events.put(exc)
+            finally:
+                events.put(None)
+
+        thread = threading.Thread(target=produce, name="ingest", daemon=True)
+        thread.start()
+        try:
+            model = yield from self._pca(pixels, mem_plan, _RowsFeed(pixels, events), len(files))
+        finally:
+            stop.set()
+            thread.join()
+        self._leave("ingest+pca", t0)
+        return model
+
+    def _ingest(
+        self,
+        root: Path,
+        files: list[str],
+        pixels: RowStore,
+        mem_plan: MemoryPlan,
+        *,
+        stop: threading.Event | None = None,
+        account: bool = True,
     ) -> Generator[ProgressEvent, None, None]:
         cfg = self.config
         rec = self.state.stage("ingest")
@@ -427,7 +517,7 @@ class _Runner:
         self.skipped = [*self.scan_skipped, *prior]
         if rec.get("done"):
             return
-        t0 = self._enter("ingest")
+        t0 = self._enter("ingest") if account else time.perf_counter()
         pixels.truncate_segments(int(rec.get("segments", 0)))
         start = int(rec.get("next_file", 0))
         done = start
@@ -454,24 +544,29 @@ class _Runner:
             self.skipped = [*self.scan_skipped, *prog.skipped]
             done = prog.next_file
             yield self.event("ingest", done, total)
+            if stop is not None and stop.is_set():
+                return
         self._write_skipped()
         self.state.update("ingest", done=True, rows=len(pixels))
-        self._leave("ingest", t0)
+        if account:
+            self._leave("ingest", t0)
+        else:
+            self.state.update("ingest", seconds=time.perf_counter() - t0)
 
     def _write_skipped(self) -> None:
         _write_csv(self.out / "skipped.csv", ["path", "reason"], [[p, r] for p, r in self.skipped])
 
     def _pca(
-        self, pixels: RowStore, mem_plan: MemoryPlan
+        self, pixels: RowStore, mem_plan: MemoryPlan, feed: _RowsFeed, n_files: int
     ) -> Generator[ProgressEvent, None, StreamingPCA]:
         cfg = self.config
         rec = self.state.stage("pca")
-        n = len(pixels)
         final = self.out / "pca.h5"
         if rec.get("done") and final.exists():
             arrays, _ = load_arrays(final)
             return StreamingPCA.from_state(arrays)
-        t0 = self._enter("pca")
+        t0 = self._enter("pca") if feed.finished else time.perf_counter()
+        n = len(pixels) if feed.finished else n_files  # an estimate until ingest ends
         b = mem_plan.pca_batch
         ckpt = self.out / "pca-checkpoint.h5"
         model: StreamingPCA | None = None
@@ -486,18 +581,26 @@ class _Runner:
             model = StreamingPCA(cfg.n_components, solver=cfg.pca_solver, copy=False)
         self.state.update("pca", key=cfg.stage_key("pca"), batch=b, done=False)
         last_save = time.perf_counter()
+        saved_at = cursor
         yield self.event("pca", cursor, n)
         scale = np.float32(1.0 / 255.0)
         # Batches sit at fixed offsets so a resumed run replays exactly the same partial_fits.
         # Only the first batch must hold >= n_components rows (b >= k and n >= k ensure it).
-        for lo in range(cursor, n, b):
-            hi = min(lo + b, n)
+        lo = cursor
+        while True:
+            avail = yield from feed.wait(lo + b)
+            if feed.finished:
+                n = avail
+                self._check_ingested(n, n_files)
+            if lo >= avail:
+                break
+            hi = min(lo + b, avail)
             x = np.multiply(pixels.read(lo, hi), scale, dtype=np.float32)
             model.partial_fit(x)
             del x
-            cursor = hi
+            cursor = lo = hi
             now = time.perf_counter()
-            if cursor == n or now - last_save >= cfg.checkpoint_seconds:
+            if (feed.finished and cursor == n) or now - last_save >= cfg.checkpoint_seconds:
                 save_arrays(
                     ckpt,
                     model.get_state(),
@@ -505,7 +608,12 @@ class _Runner:
                 )
                 self.state.update("pca", cursor=cursor)
                 last_save = time.perf_counter()
+                saved_at = cursor
             yield self.event("pca", cursor, n)
+        if saved_at != cursor or not ckpt.exists():  # ingest ended after the last batch's fit
+            save_arrays(
+                ckpt, model.get_state(), {"cursor": cursor, "batch": b, "key": cfg.stage_key("pca")}
+            )
         evr = np.asarray(model.explained_variance_ratio_, dtype=np.float64)
         n_keep = len(evr)
         if cfg.variance is not None:
@@ -528,7 +636,10 @@ class _Runner:
             explained_variance=float(np.sum(evr[:n_keep])),
             explained_variance_ratio=[float(v) for v in evr],
         )
-        self._leave("pca", t0)
+        if feed.background:
+            self.state.update("pca", seconds=time.perf_counter() - t0)
+        else:
+            self._leave("pca", t0)
         return model
 
     def _embed(
@@ -646,10 +757,11 @@ class _Runner:
         t0 = self._enter("report")
         names = [os.fsdecode(b) for b in pixels.names()]
         dist = np.sqrt(km.sq_distances)
+        by_path = sorted(range(len(names)), key=lambda i: os.fsencode(names[i]))
         _write_csv(
             self.out / "labels.csv",
             ["path", "cluster", "distance"],
-            [[p, int(c), f"{d:.6g}"] for p, c, d in zip(names, km.labels, dist)],
+            [[names[i], int(km.labels[i]), f"{dist[i]:.6g}"] for i in by_path],
         )
         self._write_skipped()
         pca_rec = self.state.stage("pca")
@@ -742,12 +854,15 @@ class _Runner:
             "versions": _versions(),
             "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
             "plan": mem_plan.as_dict(),
+            # With decoding overlapped, "ingest+pca" holds the shared peak; "ingest" and "pca"
+            # then give each side's own wall time.
             "stages": {
                 s: {
                     "seconds": round(float(stages.get(s, {}).get("seconds", 0.0)), 3),
                     "peak_rss_bytes": int(stages.get(s, {}).get("peak_rss", 0)),
                 }
-                for s in STAGES
+                for s in (*STAGES[:3], "ingest+pca", *STAGES[3:])
+                if s != "ingest+pca" or s in stages
             },
             "peak_rss_bytes": self._peak(),
             "results": {

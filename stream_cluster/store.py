@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -99,6 +100,8 @@ class RowStore:
         self.dtype = np.dtype(dtype)
         self.directory.mkdir(parents=True, exist_ok=True)
         self._segments: list[_Segment] = []
+        # One writer thread may append while another reads committed rows.
+        self._lock = threading.Lock()
         self._open()
 
     # -- reading -----------------------------------------------------------------------------
@@ -137,7 +140,8 @@ class RowStore:
             start += n
 
     def __len__(self) -> int:
-        return self._segments[-1].stop if self._segments else 0
+        segments = self._segments
+        return segments[-1].stop if segments else 0
 
     @property
     def n_segments(self) -> int:
@@ -152,7 +156,9 @@ class RowStore:
         if out is None:
             out = np.empty((stop - start, self.row_size), dtype=self.dtype)
         pos = 0
-        for seg in self._segments:
+        with self._lock:
+            segments = list(self._segments)
+        for seg in segments:
             lo, hi = max(start, seg.start), min(stop, seg.stop)
             if lo >= hi:
                 continue
@@ -173,7 +179,9 @@ class RowStore:
     def names(self) -> list[bytes]:
         """Name of every row, in order (relative image paths as bytes)."""
         result: list[bytes] = []
-        for seg in self._segments:
+        with self._lock:
+            segments = list(self._segments)
+        for seg in segments:
             with h5py.File(seg.path, "r") as f:
                 result.extend(bytes(x) for x in f["names"][:])
         return result
@@ -211,11 +219,13 @@ class RowStore:
             raise_if_disk_full(exc, self.directory, rows.nbytes)
             raise
         fsync_dir(self.directory)
-        start = len(self)
-        self._segments.append(_Segment(final, start, start + rows.shape[0]))
+        with self._lock:
+            start = len(self)
+            self._segments = [*self._segments, _Segment(final, start, start + rows.shape[0])]
 
     def truncate_segments(self, n_segments: int) -> None:
         """Drop segments past the first ``n_segments`` (used when a stage restarts)."""
-        for seg in self._segments[n_segments:]:
-            seg.path.unlink(missing_ok=True)
-        self._segments = self._segments[:n_segments]
+        with self._lock:
+            for seg in self._segments[n_segments:]:
+                seg.path.unlink(missing_ok=True)
+            self._segments = self._segments[:n_segments]

@@ -51,7 +51,8 @@ def test_run_clusters_shapes_and_writes_outputs(tmp_path: Path) -> None:
     doc = json.loads((out / "run.json").read_text())
     assert doc["results"]["n_images"] == 60
     assert set(doc["stages"]) >= {"ingest", "pca", "embed", "cluster", "report"}
-    assert doc["peak_rss_bytes"] > 0 and doc["stages"]["pca"]["peak_rss_bytes"] > 0
+    pca_stage = "ingest+pca" if doc["plan"]["overlap"] else "pca"
+    assert doc["peak_rss_bytes"] > 0 and doc["stages"][pca_stage]["peak_rss_bytes"] > 0
     assert 0 < doc["results"]["explained_variance"] <= 1
 
 
@@ -157,3 +158,15 @@ def test_disk_full_then_resume(shapes_dir: Path, tmp_path: Path,
     assert not list((out / "pixels").glob("*.partial"))
     run(_config(shapes_dir, out, batch_size=16))
     assert _labels(out) == _labels(ref_out)
+
+
+def test_overlapped_and_sequential_paths_agree(tmp_path: Path) -> None:
+    """Check that decoding beside the PCA gives the same model and labels as decoding first."""
+    make_shapes_corpus(tmp_path / "img", n=60)
+    overlapped = run(_config(tmp_path / "img", tmp_path / "a", workers=2))
+    sequential = run(_config(tmp_path / "img", tmp_path / "b", workers=0))
+    plan_a = json.loads((tmp_path / "a" / "run.json").read_text())["plan"]
+    plan_b = json.loads((tmp_path / "b" / "run.json").read_text())["plan"]
+    assert plan_a["overlap"] and not plan_b["overlap"]
+    assert _labels(tmp_path / "a") == _labels(tmp_path / "b")
+    assert overlapped.explained_variance == sequential.explained_variance
