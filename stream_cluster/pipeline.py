@@ -576,8 +576,8 @@ class _Runner:
             if meta.get("batch") == b and meta.get("key") == cfg.stage_key("pca"):
                 model = StreamingPCA.from_state(arrays)
                 cursor = int(meta["cursor"])
-            del arrays  # from_state copied them: holding both would cost another k*d floats
                 logger.info("resuming PCA at image %d of %d", cursor, n)
+            del arrays  # from_state copied them: holding both would cost another k*d floats
         if model is None:
             model = StreamingPCA(cfg.n_components, solver=cfg.pca_solver, copy=False)
         self.state.update("pca", key=cfg.stage_key("pca"), batch=b, done=False)
