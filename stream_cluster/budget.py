@@ -241,15 +241,15 @@ def _too_small_message(
         )
         lo_s, hi_s = (mid_s, hi_s) if ok else (lo_s, mid_s)
     fit_w, fit_h = int(width * lo_s), int(height * lo_s)
-    options = [f"--mem-budget {_round_up(need / SAFETY)}"]
+    options = [f"--mem-budget {_round_up(need / SAFETY)} or more"]
     if fit_k >= 1:
         options.append(f"--components {fit_k}")
     if fit_w * fit_h >= k and fit_w >= 1 and fit_h >= 1:
         options.append(f"--size {fit_w}x{fit_h}")
-    what = f"batch {batch}" if batch else f"the smallest batch ({k} images)"
+    what = f"a PCA batch of {batch}" if batch else f"the smallest PCA batch ({k} images)"
     return (
         f"--mem-budget {format_bytes(budget)} is too small for {k} PCA components on "
-        f"{width}x{height} images: the smallest workable plan (incremental PCA with {what}, "
-        f"decoding in one process) needs {format_bytes(need)} at {SAFETY:.0%} of the budget. "
-        f"Use one of: {' or '.join(options)}."
+        f"{width}x{height} images: the smallest workable plan ({what}, decoding in one "
+        f"process) needs {format_bytes(need)} plus {1 - SAFETY:.0%} headroom. "
+        f"Use {', or '.join(options)}."
     )
