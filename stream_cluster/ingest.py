@@ -86,10 +86,20 @@ class _Decoder:
     """Ordered, bounded-in-flight parallel map of :func:`decode_many` over chunks of files."""
 
     def __init__(
-        self, root: str, width: int, height: int, workers: int, stderr_log: str | None = None
+        self,
+        root: str,
+        width: int,
+        height: int,
+        workers: int,
+        stderr_log: str | None = None,
+        decode_chunk: Callable[
+            [str, Sequence[str], int, int], tuple[np.ndarray, list[str | None]]
+        ] = decode_many,
     ) -> None:
         self.root, self.width, self.height, self.workers = root, width, height, workers
         self.stderr_log = stderr_log
+        # A module-level function (workers are spawned and import it by name).
+        self.decode_chunk = decode_chunk
         self.pool: ProcessPoolExecutor | None = None
 
     def _new_pool(self, workers: int | None = None) -> ProcessPoolExecutor:
@@ -113,7 +123,7 @@ class _Decoder:
             with self._new_pool(1) as pool:
                 try:
                     r, why = pool.submit(
-                        decode_many, self.root, [rel], self.width, self.height
+                        self.decode_chunk, self.root, [rel], self.width, self.height
                     ).result()
                     rows[i] = r[0]
                     reasons.append(why[0])
@@ -124,7 +134,7 @@ class _Decoder:
     def map(self, chunks: Sequence[Sequence[str]]) -> Iterator[tuple[np.ndarray, list[str | None]]]:
         if self.workers == 0:
             for chunk in chunks:
-                yield decode_many(self.root, chunk, self.width, self.height)
+                yield self.decode_chunk(self.root, chunk, self.width, self.height)
             return
         self.pool = self._new_pool()
         pending: deque[tuple[Sequence[str], Future[tuple[np.ndarray, list[str | None]]]]] = deque()
@@ -136,10 +146,14 @@ class _Decoder:
                     if nxt is None:
                         break
                     try:
-                        fut = self.pool.submit(decode_many, self.root, nxt, self.width, self.height)
+                        fut = self.pool.submit(
+                            self.decode_chunk, self.root, nxt, self.width, self.height
+                        )
                     except BrokenProcessPool:
                         self.pool = self._new_pool()
-                        fut = self.pool.submit(decode_many, self.root, nxt, self.width, self.height)
+                        fut = self.pool.submit(
+                            self.decode_chunk, self.root, nxt, self.width, self.height
+                        )
                     pending.append((nxt, fut))
                 if not pending:
                     return
@@ -159,7 +173,7 @@ class _Decoder:
                             (
                                 c,
                                 self.pool.submit(
-                                    decode_many, self.root, c, self.width, self.height
+                                    self.decode_chunk, self.root, c, self.width, self.height
                                 ),
                             )
                         )
