@@ -14,7 +14,6 @@ import logging
 import os
 import platform
 import queue
-import shutil
 import threading
 import time
 from collections.abc import Generator
@@ -29,15 +28,13 @@ from .budget import MemoryPlan, plan_memory
 from .checkpoint import RunLock, RunState, load_arrays, save_arrays
 from .config import RunConfig, fingerprint, format_bytes
 from .errors import (
-    CheckpointMismatchError,
-    ConfigError,
-    DiskFullError,
     InputError,
 )
 from .ingest import ingest
 from .kmeans import FeatureSource, KMeansResult, fit_kmeans
 from .memprofile import MemorySampler
 from .pca import StreamingPCA
+from .runfolder import check_disk, check_inputs, check_settings, prepare_out_dir
 from .scan import scan
 from .selection import find_knee
 from .store import RowStore, atomic_write_bytes
@@ -56,28 +53,9 @@ ORDER_SEED = 20260101
 def processing_order(n_files: int) -> np.ndarray:
     """The fixed order in which the sorted files are ingested (a seeded permutation)."""
     return np.random.default_rng(ORDER_SEED).permutation(n_files)
+
+
 #: Files and folders a run creates; ``fresh=True`` removes only these.
-RUN_FILES = (
-    "state.json",
-    "files.json",
-    "pixels",
-    "features",
-    "pca-checkpoint.h5",
-    "pca.h5",
-    "kmeans.h5",
-    "labels.csv",
-    "skipped.csv",
-    "run.json",
-    "elbow.png",
-    "variance.png",
-    "montages",
-    "index.html",
-    "memory.csv",
-    "memory.png",
-    "decode.log",
-)
-
-
 @dataclass(frozen=True)
 class ProgressEvent:
     """One step of progress: ``done`` of ``total`` units in ``stage``, and memory right now."""
@@ -136,91 +114,6 @@ def run(config: RunConfig, *, fresh: bool = False) -> RunResult:
             return result
 
 
-def _prepare_out_dir(config: RunConfig, fresh: bool) -> None:
-    out = config.out_dir
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".write-test"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except PermissionError:
-        raise ConfigError(
-            f"Cannot write to the output folder {out} (permission denied). "
-            f"Choose a writable folder with --out."
-        ) from None
-    except FileExistsError:
-        raise ConfigError(f"--out {out} exists and is not a folder. Give a folder path.") from None
-    except OSError as exc:
-        raise ConfigError(f"Cannot use the output folder {out}: {exc.strerror or exc}.") from None
-    if fresh:
-        for name in RUN_FILES:
-            p = out / name
-            if p.is_dir() and not p.is_symlink():
-                shutil.rmtree(p)
-            elif p.exists() or p.is_symlink():
-                p.unlink()
-
-
-def _differences(old: dict[str, Any], new: dict[str, Any]) -> str:
-    parts = []
-    for key in sorted(set(old) | set(new)):
-        if old.get(key) != new.get(key):
-            parts.append(f"{key}: {old.get(key)!r} -> {new.get(key)!r}")
-    return "; ".join(parts)
-
-
-def _check_settings(state: RunState, config: RunConfig) -> None:
-    """Refuse to mix expensive stages made with other settings; reset cheap ones."""
-    for stage in ("ingest", "pca"):
-        rec = state.stage(stage)
-        if rec and rec.get("key") != config.stage_key(stage):
-            raise CheckpointMismatchError(
-                f"The run folder {config.out_dir} was made with other {stage} settings "
-                f"({_differences(rec.get('key') or {}, config.stage_key(stage))}). Rerun with "
-                f"--fresh to discard it and start over, or give another --out folder."
-            )
-    for stage in ("elbow", "cluster"):
-        rec = state.stage(stage)
-        if rec and rec.get("key") != config.stage_key(stage):
-            logger.info("settings for %s changed; it will run again", stage)
-            state.reset([stage, "report"])
-
-
-def _check_inputs(state: RunState, out: Path, files: list[str], digest: str) -> None:
-    rec = state.stage("ingest")
-    if not rec or rec.get("files_digest") == digest:
-        return
-    old: list[str] = []
-    try:
-        old = json.loads((out / "files.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        pass
-    added = sorted(set(files) - set(old))
-    removed = sorted(set(old) - set(files))
-    changed = "" if (added or removed) else " some files were modified (size or time)"
-    detail = ", ".join(
-        x
-        for x in (
-            f"{len(added)} added (e.g. {added[0]!r})" if added else "",
-            f"{len(removed)} removed (e.g. {removed[0]!r})" if removed else "",
-        )
-        if x
-    )
-    raise CheckpointMismatchError(
-        f"The input folder changed since the run folder {out} was made: {detail}{changed}. "
-        f"Rerun with --fresh to start over on the current files, or give another --out folder."
-    )
-
-
-def _check_disk(out: Path, need: int) -> None:
-    free = shutil.disk_usage(out).free
-    if free < need:
-        raise DiskFullError(
-            f"The output folder {out} has {format_bytes(free)} free but this run needs about "
-            f"{format_bytes(need)}. Free space or choose another --out, then rerun."
-        )
-
-
 def _versions() -> dict[str, str]:
     import cv2
     import h5py
@@ -262,7 +155,7 @@ def iter_run(
     Everything that can be checked before heavy work is checked first: settings, input folder,
     image count against components and k, the memory plan and free disk space.
     """
-    _prepare_out_dir(config, fresh)
+    prepare_out_dir(config, fresh)
     out = config.out_dir
     csv_path = out / "memory.csv" if config.profile_memory else None
     with RunLock(out), MemorySampler(csv_path=csv_path) as sampler:
@@ -345,14 +238,14 @@ class _Runner:
     # -- the whole run ---------------------------------------------------------------------
     def run(self) -> Generator[ProgressEvent, None, RunResult]:
         cfg = self.config
-        _check_settings(self.state, cfg)
+        check_settings(self.state, cfg)
         t0 = self._enter("scan")
         found = scan(cfg.input_dir, follow_external_symlinks=cfg.follow_symlinks)
         from .scan import files_digest
 
         files = found.files
         digest = files_digest(files, found.root)
-        _check_inputs(self.state, self.out, files, digest)
+        check_inputs(self.state, self.out, files, digest)
         if not files:
             raise InputError(
                 f"No images found in {cfg.input_dir} (looked recursively for .png .jpg .jpeg "
@@ -372,7 +265,7 @@ class _Runner:
             )
         mem_plan = self._plan(len(files))
         d = cfg.n_features
-        _check_disk(self.out, self._disk_need(len(files), mem_plan))
+        check_disk(self.out, self._disk_need(len(files), mem_plan))
         if not self.state.stage("ingest"):
             atomic_write_bytes(self.out / "files.json", json.dumps(files).encode("utf-8"))
             self.state.update(
