@@ -21,7 +21,7 @@ import h5py
 import numpy as np
 
 from .errors import RunLockedError, StoreError
-from .store import atomic_write_bytes, fsync_dir, raise_if_disk_full
+from .store import atomic_write_bytes, write_h5_atomically
 
 __all__ = ["RunLock", "RunState", "load_arrays", "save_arrays"]
 
@@ -35,32 +35,18 @@ def save_arrays(path: Path, arrays: Mapping[str, np.ndarray], meta: Mapping[str,
 
     Memory: no copies beyond what h5py needs to write each array.
     """
-    path = Path(path)
-    tmp = path.with_name(path.name + ".partial")
-    try:
-        with h5py.File(tmp, "w") as f:
-            f.attrs["format"] = _FORMAT
-            f.attrs["meta"] = json.dumps(dict(meta), sort_keys=True)
-            for name, value in arrays.items():
-                arr = np.asarray(value)
-                if arr.dtype.kind not in "biufS":
-                    raise StoreError(
-                        f"checkpoint array {name!r} has dtype {arr.dtype}; numeric only"
-                    )
-                f.create_dataset(name, data=arr)
-            f.attrs["complete"] = 1
-            f.flush()
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise_if_disk_full(exc, path.parent)
-        raise
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
+    arrays = {name: np.asarray(value) for name, value in arrays.items()}
+    for name, arr in arrays.items():
+        if arr.dtype.kind not in "biufS":
+            raise StoreError(f"checkpoint array {name!r} has dtype {arr.dtype}; numeric only")
+
+    def fill(f: h5py.File) -> None:
+        f.attrs["format"] = _FORMAT
+        f.attrs["meta"] = json.dumps(dict(meta), sort_keys=True)
+        for name, arr in arrays.items():
+            f.create_dataset(name, data=arr)
+
+    write_h5_atomically(Path(path), fill)
 
 
 def load_arrays(

@@ -12,7 +12,7 @@ import errno
 import logging
 import os
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,7 +21,13 @@ import numpy as np
 
 from .errors import DiskFullError, StoreError
 
-__all__ = ["RowStore", "atomic_write_bytes", "fsync_dir", "raise_if_disk_full"]
+__all__ = [
+    "RowStore",
+    "atomic_write_bytes",
+    "fsync_dir",
+    "raise_if_disk_full",
+    "write_h5_atomically",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -68,6 +74,31 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     except OSError as exc:
         tmp.unlink(missing_ok=True)
         raise_if_disk_full(exc, path.parent, len(data))
+        raise
+    fsync_dir(path.parent)
+
+
+def write_h5_atomically(
+    path: Path, fill: Callable[[h5py.File], None], needed: int | None = None
+) -> None:
+    """Write an HDF5 file via ``*.partial``, flush, fsync and rename, marking it complete.
+
+    ``fill(f)`` writes the content; a reader trusts only files with ``attrs["complete"] == 1``.
+    On any error the partial file is deleted and out-of-space becomes a DiskFullError.
+    """
+    tmp = path.with_name(path.name + ".partial")
+    try:
+        with h5py.File(tmp, "w") as f:
+            fill(f)
+            f.attrs["complete"] = 1
+            f.flush()
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException as exc:
+        tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise_if_disk_full(exc, path.parent, needed)
         raise
     fsync_dir(path.parent)
 
@@ -203,22 +234,13 @@ class RowStore:
         if len(names) != rows.shape[0]:
             raise StoreError(f"append got {rows.shape[0]} rows but {len(names)} names")
         final = self.directory / _SEG_FMT.format(len(self._segments))
-        tmp = final.with_name(final.name + ".partial")
-        try:
-            with h5py.File(tmp, "w") as f:
-                f.attrs["format"] = _FORMAT
-                f.create_dataset("rows", data=rows)
-                f.create_dataset("names", data=np.array(list(names), dtype=h5py.vlen_dtype(bytes)))
-                f.attrs["complete"] = 1
-                f.flush()
-            with open(tmp, "rb+") as fh:
-                os.fsync(fh.fileno())
-            os.replace(tmp, final)
-        except OSError as exc:
-            tmp.unlink(missing_ok=True)
-            raise_if_disk_full(exc, self.directory, rows.nbytes)
-            raise
-        fsync_dir(self.directory)
+
+        def fill(f: h5py.File) -> None:
+            f.attrs["format"] = _FORMAT
+            f.create_dataset("rows", data=rows)
+            f.create_dataset("names", data=np.array(list(names), dtype=h5py.vlen_dtype(bytes)))
+
+        write_h5_atomically(final, fill, rows.nbytes)
         with self._lock:
             start = len(self)
             self._segments = [*self._segments, _Segment(final, start, start + rows.shape[0])]
