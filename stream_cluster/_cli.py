@@ -269,12 +269,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = _config(args, args.images, "300x430", 800, "auto")
         out_hint = os.fspath(config.out_dir)
         if command == "plan":
-            from .pipeline import plan
+            from .pipeline import plan_folder
             from .scan import scan
 
             found = scan(config.input_dir, follow_external_symlinks=config.follow_symlinks)
             print(f"{len(found.files)} image files in {config.input_dir}")
-            print(plan(config, max(len(found.files), config.n_components)).describe())
+            print(plan_folder(config, found.root, found.files).describe())
             return 0
         result = _run(args, config)
         print(_summary(result))

@@ -12,7 +12,7 @@ import math
 from dataclasses import asdict, dataclass, field
 
 from .config import format_bytes
-from .decode import decode_worker_bytes
+from .decode import DECODE_MEMORY_CAP, decode_worker_bytes
 from .errors import BudgetError
 from .pca import pca_memory_bytes
 
@@ -31,6 +31,8 @@ DECODE_CHUNK = 8
 MAX_SEGMENT_ROWS = 512
 #: Lower bound on rows per store segment (two decode chunks).
 MIN_SEGMENT_ROWS = 16
+#: Rows read from the pixel store (uint8) and scaled into the float32 batch at a time.
+READ_ROWS = 64
 
 
 def _best_pca_batch(n_components: int) -> int:
@@ -50,6 +52,8 @@ class MemoryPlan:
     workers: int
     features_in_memory: bool
     overlap: bool = False
+    #: Largest modelled decode cost a worker accepts (``decode_image``'s ``memory_cap``).
+    decode_cap: int = DECODE_MEMORY_CAP
     stage_bytes: dict[str, int] = field(default_factory=dict)
 
     @property
@@ -70,33 +74,43 @@ class MemoryPlan:
             f"features {'in memory' if self.features_in_memory else 'streamed'} for k-means, "
             f"decoding {'overlapped with' if self.overlap else 'before'} PCA",
         ]
+        if self.decode_cap < DECODE_MEMORY_CAP:
+            lines.append(
+                f"  decode workers sized to the largest image's header: "
+                f"{format_bytes(self.decode_cap)} each (cap {format_bytes(DECODE_MEMORY_CAP)})"
+            )
         for stage, b in self.stage_bytes.items():
             lines.append(f"  {stage:<8} modelled peak {format_bytes(b)}")
         return "\n".join(lines)
 
 
-def _ingest_bytes(workers: int, segment_rows: int, n_features: int, width: int, height: int) -> int:
+def _ingest_bytes(
+    workers: int, segment_rows: int, n_features: int, width: int, height: int, cap: int
+) -> int:
     in_flight = 2 * max(workers, 1) * DECODE_CHUNK * n_features  # result queue, uint8
-    decoders = workers * (WORKER_BASE_BYTES + decode_worker_bytes(width, height))
+    decoders = workers * (WORKER_BASE_BYTES + decode_worker_bytes(width, height, cap))
     if workers == 0:  # decode in the main process
-        decoders = decode_worker_bytes(width, height)
+        decoders = decode_worker_bytes(width, height, cap)
     return PARENT_BASE_BYTES + segment_rows * n_features + in_flight + decoders
 
 
-def _min_ingest_bytes(n_features: int, width: int, height: int) -> int:
-    return _ingest_bytes(0, MIN_SEGMENT_ROWS, n_features, width, height)
+def _min_ingest_bytes(n_features: int, width: int, height: int, cap: int) -> int:
+    return _ingest_bytes(0, MIN_SEGMENT_ROWS, n_features, width, height, cap)
 
 
 def _pca_bytes(k: int, b: int, d: int, solver: str) -> int:
     # pca_memory_bytes counts the model, the float32 batch and the solver workspace (the
-    # pipeline lets the solver centre the batch in place: copy=False); the uint8 rows read from
-    # the store before conversion come on top.
-    return PARENT_BASE_BYTES + pca_memory_bytes(k, b, d, solver, copy=False) + b * d
+    # pipeline lets the solver centre the batch in place: copy=False); the batch is filled from
+    # the store READ_ROWS uint8 rows at a time.
+    return PARENT_BASE_BYTES + pca_memory_bytes(k, b, d, solver, copy=False) + READ_ROWS * d
 
 
 def _embed_bytes(k: int, b: int, d: int) -> int:
-    # components (float32) + mean (float64) + uint8 rows + float32 rows + output features
-    return PARENT_BASE_BYTES + k * d * 4 + d * 8 + b * d * 5 + b * k * 8
+    # components (float32) + mean (float64, float32) + uint8 rows + the float32 column block
+    # transform scales and centres them into + features (float64 sum, one block's GEMM result,
+    # float32 copy, contiguous slice)
+    cb = min(8192, d)
+    return PARENT_BASE_BYTES + k * d * 4 + d * 12 + b * d + 4 * b * cb + b * k * 24
 
 
 def _kmeans_bytes(n_images: int, k_out: int, in_memory: bool, b: int, max_k: int) -> int:
@@ -117,8 +131,13 @@ def plan_memory(
     batch_size: int | None = None,
     cpu_count: int = 2,
     max_k: int = 20,
+    decode_cap: int = DECODE_MEMORY_CAP,
 ) -> MemoryPlan:
     """Choose batch sizes and workers so that every stage's modelled peak fits ``budget``.
+
+    ``decode_cap`` is the largest decode cost a worker will accept (default: any image
+    ``decode_image`` accepts); a folder's largest :func:`~stream_cluster.decode.decode_cost_bound`
+    makes smaller workers, so more of them or decoding overlapped with the PCA may fit.
 
     Raises
     ------
@@ -146,21 +165,26 @@ def plan_memory(
         )
     pca_batch = next((b for b in candidates if _pca_bytes(k, b, d, solver) <= usable), None)
     # The smallest workable run: the smallest PCA batch, and decoding in-process.
-    floor = max(_pca_bytes(k, candidates[-1], d, solver), _min_ingest_bytes(d, width, height))
+    floor = max(
+        _pca_bytes(k, candidates[-1], d, solver), _min_ingest_bytes(d, width, height, decode_cap)
+    )
     if pca_batch is None or floor > usable:
-        raise BudgetError(_too_small_message(budget, floor, k, width, height, solver, batch_size))
+        raise BudgetError(
+            _too_small_message(budget, floor, k, width, height, solver, batch_size, decode_cap)
+        )
     # Never read more than there is: a batch past the image count only wastes budget.
     pca_batch = max(min(pca_batch, max(n_images, min_batch)), min_batch)
 
     embed_batch = pca_batch
     segment_rows = min(MAX_SEGMENT_ROWS, pca_batch)
     n_workers = max(1, cpu_count) if workers is None else workers
-    while n_workers > 0 and _ingest_bytes(n_workers, segment_rows, d, width, height) > usable:
+
+    def ingest_bytes(workers: int, rows: int) -> int:
+        return _ingest_bytes(workers, rows, d, width, height, decode_cap)
+
+    while n_workers > 0 and ingest_bytes(n_workers, segment_rows) > usable:
         n_workers -= 1
-    while (
-        segment_rows > MIN_SEGMENT_ROWS
-        and _ingest_bytes(n_workers, segment_rows, d, width, height) > usable
-    ):
+    while segment_rows > MIN_SEGMENT_ROWS and ingest_bytes(n_workers, segment_rows) > usable:
         segment_rows //= 2
     if workers is not None and n_workers < workers:
         raise BudgetError(
@@ -171,26 +195,22 @@ def plan_memory(
     k_out = k
     in_memory = _kmeans_bytes(n_images, k_out, True, embed_batch, max_k) <= usable
     stage_bytes = {
-        "ingest": _ingest_bytes(n_workers, segment_rows, d, width, height),
+        "ingest": ingest_bytes(n_workers, segment_rows),
         "pca": _pca_bytes(k, pca_batch, d, solver),
         "embed": _embed_bytes(k, embed_batch, d),
         "kmeans": _kmeans_bytes(n_images, k_out, in_memory, embed_batch, max_k),
     }
+
     # Decoding while the PCA fits (the pipeline's faster path) holds both at once. Take it when
     # it fits with at least one worker and the same PCA batch (the batch decides the result,
     # so it must not depend on whether decoding overlaps).
-    overlap_workers = next(
-        (
-            w
-            for w in range(n_workers, 0, -1)
-            if _overlap_bytes(w, segment_rows, k, pca_batch, d, width, height, solver) <= usable
-        ),
-        0,
-    )
+    def overlap_bytes(workers: int) -> int:
+        pca = _pca_bytes(k, pca_batch, d, solver)
+        return ingest_bytes(workers, segment_rows) + pca - PARENT_BASE_BYTES
+
+    overlap_workers = next((w for w in range(n_workers, 0, -1) if overlap_bytes(w) <= usable), 0)
     if overlap_workers:
-        stage_bytes["ingest+pca"] = _overlap_bytes(
-            overlap_workers, segment_rows, k, pca_batch, d, width, height, solver
-        )
+        stage_bytes["ingest+pca"] = overlap_bytes(overlap_workers)
     return MemoryPlan(
         budget=budget,
         pca_batch=pca_batch,
@@ -199,15 +219,8 @@ def plan_memory(
         workers=overlap_workers or n_workers,
         features_in_memory=in_memory,
         overlap=overlap_workers > 0,
+        decode_cap=int(decode_cap),
         stage_bytes=stage_bytes,
-    )
-
-
-def _overlap_bytes(
-    workers: int, segment_rows: int, k: int, b: int, d: int, width: int, height: int, solver: str
-) -> int:
-    return _ingest_bytes(workers, segment_rows, d, width, height) + _pca_bytes(k, b, d, solver) - (
-        PARENT_BASE_BYTES
     )
 
 
@@ -219,7 +232,14 @@ def _round_up(nbytes: float) -> str:
 
 
 def _too_small_message(
-    budget: int, need: int, k: int, width: int, height: int, solver: str, batch: int | None
+    budget: int,
+    need: int,
+    k: int,
+    width: int,
+    height: int,
+    solver: str,
+    batch: int | None,
+    cap: int,
 ) -> str:
     usable = budget * SAFETY
     d = width * height
@@ -228,7 +248,8 @@ def _too_small_message(
     lo, hi = 0, k
     while lo < hi:
         mid = (lo + hi + 1) // 2
-        ok = max(_pca_bytes(mid, mid, d, solver), _min_ingest_bytes(d, width, height)) <= usable
+        need_mid = max(_pca_bytes(mid, mid, d, solver), _min_ingest_bytes(d, width, height, cap))
+        ok = need_mid <= usable
         lo, hi = (mid, hi) if ok else (lo, mid - 1)
     fit_k = lo
     lo_s, hi_s = 0.0, 1.0
@@ -237,7 +258,7 @@ def _too_small_message(
         w, h = max(1, int(width * mid_s)), max(1, int(height * mid_s))
         ok = (
             w * h >= k
-            and max(_pca_bytes(k, k, w * h, solver), _min_ingest_bytes(w * h, w, h)) <= usable
+            and max(_pca_bytes(k, k, w * h, solver), _min_ingest_bytes(w * h, w, h, cap)) <= usable
         )
         lo_s, hi_s = (mid_s, hi_s) if ok else (lo_s, mid_s)
     fit_w, fit_h = int(width * lo_s), int(height * lo_s)

@@ -14,7 +14,13 @@ import pyvips
 
 from .errors import ConfigError, DecodeError
 
-__all__ = ["DECODE_MEMORY_CAP", "DEFAULT_MAX_PIXELS", "decode_image", "decode_worker_bytes"]
+__all__ = [
+    "DECODE_MEMORY_CAP",
+    "DEFAULT_MAX_PIXELS",
+    "decode_cost_bound",
+    "decode_image",
+    "decode_worker_bytes",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -225,6 +231,18 @@ def _vips_header(kind: str, fd: int) -> _Header:
         hdr.orientation = value if 1 <= value <= 8 else 1
     if "jpeg-multiscan" in fields:
         hdr.multiscan = bool(image.get("jpeg-multiscan"))
+    return hdr
+
+
+def _header(kind: str, fd: int, head: bytes, size: int) -> _Header:
+    """Everything the memory model needs from the header (libvips opens lazily: no pixels)."""
+    hdr = _bmp_header(head) if kind == "bmp" else _vips_header(kind, fd)
+    if kind == "png" and len(head) >= 29:
+        hdr.interlaced = head[28] == 1
+    elif kind == "webp":
+        hdr.lossy_webp = _webp_is_lossy(fd, size)
+    elif kind == "tiff":
+        hdr.tiff_block = _tiff_block_pixels(fd, head, size)
     return hdr
 
 
@@ -480,7 +498,8 @@ def _decode_vips(kind: str, fd: int, hdr: _Header, width: int, height: int) -> n
             image = image.extract_band(0, n=4)
         if kx > 1 or ky > 1:
             image = image.shrink(kx, ky)
-        arr = image.numpy()
+        # pyvips squeezes unit axes (a 1 x 1 grey image comes back 0-d): restore them.
+        arr = image.numpy().reshape(image.height, image.width, image.bands)
     except pyvips.Error as exc:
         raise DecodeError(f"truncated or corrupt {name}: {_vips_message(exc)}") from None
     return _to_cv_channels(arr)
@@ -492,6 +511,7 @@ def decode_image(
     height: int,
     *,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    memory_cap: int = DECODE_MEMORY_CAP,
 ) -> np.ndarray:
     """Decode one image file to a ``(height, width)`` grey uint8 array, as a viewer shows it.
 
@@ -511,6 +531,9 @@ def decode_image(
         Size of the output array (columns, rows), each >= 1.
     max_pixels : int, default=1_000_000_000
         Refuse images whose header claims more pixels than this, before decoding anything.
+    memory_cap : int, default=DECODE_MEMORY_CAP
+        Refuse images whose modelled decode cost is above this many bytes (the planner lowers
+        it to the folder's largest :func:`decode_cost_bound` when it sizes workers by that).
 
     Returns
     -------
@@ -544,6 +567,10 @@ def decode_image(
         max_pixels < 1
     ):
         raise ConfigError(f"max_pixels must be an int >= 1. Got {max_pixels!r} instead.")
+    if isinstance(memory_cap, bool) or not isinstance(memory_cap, (int, np.integer)) or (
+        memory_cap < 1
+    ):
+        raise ConfigError(f"memory_cap must be an int >= 1. Got {memory_cap!r} instead.")
     width, height = int(width), int(height)
     _init_libraries()
     fd = _open_regular(path)
@@ -559,16 +586,7 @@ def decode_image(
         suffix = os.path.splitext(os.fsdecode(path))[1]
         kind = _sniff(head, suffix)
         name = _KIND_NAMES[kind]
-        if kind == "bmp":
-            hdr = _bmp_header(head)
-        else:
-            hdr = _vips_header(kind, fd)
-        if kind == "png" and len(head) >= 29:
-            hdr.interlaced = head[28] == 1
-        elif kind == "webp":
-            hdr.lossy_webp = _webp_is_lossy(fd, size)
-        elif kind == "tiff":
-            hdr.tiff_block = _tiff_block_pixels(fd, head, size)
+        hdr = _header(kind, fd, head, size)
         pixels = hdr.width * hdr.height
         if pixels > max_pixels:
             raise DecodeError(
@@ -584,11 +602,11 @@ def decode_image(
             kind in ("png", "jpeg") and pixels <= CV2_MAX_PIXELS and size <= CV2_MAX_FILE_BYTES
         )
         cost, what = _estimate(kind, hdr, size, use_cv2, width, height)
-        if cost > DECODE_MEMORY_CAP:
+        if cost > memory_cap:
             raise DecodeError(
                 f"image too large to decode in bounded memory: {name} {hdr.width} x "
                 f"{hdr.height} x {hdr.bands} bands ({what}) needs ~{_fmt_bytes(cost)} "
-                f"> cap {_fmt_bytes(DECODE_MEMORY_CAP)}"
+                f"> cap {_fmt_bytes(memory_cap)}"
             )
         arr = _decode_cv2(fd, size, kind) if use_cv2 else None
         if arr is not None:
@@ -611,12 +629,12 @@ def decode_image(
         os.close(fd)
 
 
-def decode_worker_bytes(width: int, height: int) -> int:
+def decode_worker_bytes(width: int, height: int, memory_cap: int = DECODE_MEMORY_CAP) -> int:
     """Return the peak RSS a decode worker needs above an idle interpreter, in bytes.
 
     An idle interpreter is one with numpy, cv2 and pyvips imported. The bound covers the worst
-    image ``decode_image`` accepts: ``DECODE_MEMORY_CAP`` for the decode itself (larger images
-    are refused before decoding) plus the resize/composite/canvas tail, which grows with the
+    image ``decode_image`` accepts: ``memory_cap`` for the decode itself (larger images are
+    refused before decoding) plus the resize/composite/canvas tail, which grows with the
     output size. Validated in tests/test_decode.py by measuring ru_maxrss of fresh worker
     processes decoding images at each path's limit and the largest openclipart file.
 
@@ -624,16 +642,123 @@ def decode_worker_bytes(width: int, height: int) -> int:
     ----------
     width, height : int
         Output size passed to ``decode_image``.
+    memory_cap : int, default=DECODE_MEMORY_CAP
+        The ``memory_cap`` passed to ``decode_image`` (e.g. a folder's largest
+        :func:`decode_cost_bound`).
 
     Returns
     -------
     int
         Bytes.
     """
-    for name, value in (("width", width), ("height", height)):
+    for name, value in (("width", width), ("height", height), ("memory_cap", memory_cap)):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
             raise ConfigError(f"{name} must be an int >= 1. Got {value!r} instead.")
     tail = _TAIL_BYTES_PER_OUTPUT_PIXEL * int(width) * int(height)
     # The streamed intermediate is up to (2 * factor)^2 output sizes, 4 channels, 3 copies.
     inter = (2 * _INTERMEDIATE_FACTOR) ** 2 * int(width) * int(height) * 4 * 3
-    return DECODE_MEMORY_CAP + tail + inter
+    return int(memory_cap) + tail + inter
+
+
+# Bands libvips may report per PNG colour type (a tRNS chunk adds alpha; palettes expand).
+_PNG_MAX_BANDS = {0: 2, 2: 4, 3: 4, 4: 2, 6: 4}
+_JPEG_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+
+
+def decode_cost_bound(path: str | os.PathLike[str], width: int, height: int) -> int:
+    """Return an upper bound of the decode cost ``decode_image`` will model for this file.
+
+    Reads only the header (PNG and JPEG are parsed here without libvips, ~15 us a file; other
+    formats through libvips' lazy open, ~0.3 ms), so a planner can size decode workers to a
+    whole folder before decoding any of it. Details left unread are taken at their worst (both
+    orientations, all bands, progressive JPEG); headers this parser does not follow get
+    ``DECODE_MEMORY_CAP``. Files that ``decode_image`` refuses before decoding anything
+    (unreadable, empty, not an image, corrupt header) cost 0.
+
+    Returns
+    -------
+    int
+        Bytes, at most ``DECODE_MEMORY_CAP``.
+    """
+    try:
+        fd = _open_regular(path)
+    except DecodeError:
+        return 0
+    try:
+        size = os.fstat(fd).st_size
+        head = os.pread(fd, 64, 0) if size else b""
+        if not head:
+            return 0
+        try:
+            kind = _sniff(head, "")
+        except DecodeError:
+            return 0
+        if kind == "png":
+            hdr = _png_bound_header(head)
+        elif kind == "jpeg":
+            hdr = _jpeg_bound_header(fd)
+        else:
+            _init_libraries()
+            try:
+                hdr = _header(kind, fd, head, size)  # libvips for GIF/TIFF/WebP (~0.3 ms)
+            except DecodeError:
+                return 0  # decode_image refuses it from the same header
+            hdr.image = None
+    except OSError:
+        return DECODE_MEMORY_CAP
+    finally:
+        os.close(fd)
+    if hdr is None or hdr.width < 1 or hdr.height < 1:
+        return DECODE_MEMORY_CAP
+    pixels = hdr.width * hdr.height
+    use_cv2 = kind == "bmp" or (
+        kind in ("png", "jpeg") and pixels <= CV2_MAX_PIXELS and size <= CV2_MAX_FILE_BYTES
+    )
+    if kind == "jpeg" and not use_cv2:
+        hdr.multiscan = True  # only a scan of the whole file could rule it out
+    worst = 0
+    for orientation in (1, 6):
+        hdr.orientation = orientation
+        worst = max(worst, _estimate(kind, hdr, size, use_cv2, width, height)[0])
+    return min(worst, DECODE_MEMORY_CAP)
+
+
+def _png_bound_header(head: bytes) -> _Header | None:
+    if len(head) < 29 or head[12:16] != b"IHDR":
+        return None
+    hdr = _Header()
+    hdr.width, hdr.height = struct.unpack(">II", head[16:24])
+    depth, colour = head[24], head[25]
+    hdr.bands = _PNG_MAX_BANDS.get(colour, 4)
+    hdr.bps = 2 if depth == 16 else 1
+    hdr.interlaced = head[28] == 1
+    return hdr
+
+
+def _jpeg_bound_header(fd: int) -> _Header | None:
+    """Frame header (SOFn) of a JPEG, found by walking the marker segments."""
+    offset = 2
+    for _ in range(512):
+        seg = os.pread(fd, 10, offset)
+        if len(seg) < 4 or seg[0] != 0xFF:
+            return None
+        marker = seg[1]
+        if marker == 0xFF:  # fill byte
+            offset += 1
+            continue
+        if marker in (0x01, 0xD8) or 0xD0 <= marker <= 0xD7:  # no length field
+            offset += 2
+            continue
+        if marker in _JPEG_SOF:
+            if len(seg) < 10:
+                return None
+            hdr = _Header()
+            hdr.height, hdr.width = struct.unpack(">HH", seg[5:9])
+            hdr.bands = max(1, seg[9])
+            hdr.bps = 2 if seg[4] > 8 else 1
+            hdr.multiscan = marker in (0xC2, 0xC6, 0xCA, 0xCE)
+            return hdr
+        if marker in (0xD9, 0xDA):  # end of image or a scan before any frame header
+            return None
+        offset += 2 + struct.unpack(">H", seg[2:4])[0]
+    return None

@@ -18,11 +18,12 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 
-from .decode import decode_image
+from .decode import DECODE_MEMORY_CAP, decode_image
 from .errors import DecodeError
 from .store import RowStore
 
@@ -54,14 +55,19 @@ def _init_worker(stderr_log: str | None = None) -> None:
 
 
 def decode_many(
-    root: str, rel_paths: Sequence[str], width: int, height: int
+    root: str,
+    rel_paths: Sequence[str],
+    width: int,
+    height: int,
+    memory_cap: int = DECODE_MEMORY_CAP,
 ) -> tuple[np.ndarray, list[str | None]]:
     """Decode several files; returns stacked rows and, per file, None or the skip reason."""
     out = np.full((len(rel_paths), width * height), 255, dtype=np.uint8)
     reasons: list[str | None] = []
     for i, rel in enumerate(rel_paths):
         try:
-            out[i] = decode_image(os.path.join(root, rel), width, height).reshape(-1)
+            path = os.path.join(root, rel)
+            out[i] = decode_image(path, width, height, memory_cap=memory_cap).reshape(-1)
             reasons.append(None)
         except DecodeError as exc:
             reasons.append(exc.reason)
@@ -194,6 +200,7 @@ def ingest(
     skipped: Sequence[tuple[str, str]] = (),
     on_images: Callable[[int], None] | None = None,
     stderr_log: Path | None = None,
+    memory_cap: int = DECODE_MEMORY_CAP,
 ) -> Iterator[IngestProgress]:
     """Decode ``files[start_file:]`` into ``store``, one atomic segment at a time.
 
@@ -202,7 +209,8 @@ def ingest(
     that worker processes print to stderr go to ``stderr_log`` when given.
 
     Memory: ``segment_rows`` rows of uint8 in the parent, plus ``2 * workers`` chunks in flight,
-    plus each worker's decode workspace (see :func:`stream_cluster.decode.decode_worker_bytes`).
+    plus each worker's decode workspace (see :func:`stream_cluster.decode.decode_worker_bytes`),
+    which ``memory_cap`` bounds: images whose modelled decode cost is higher are skipped.
     """
     d = width * height
     skipped_all = list(skipped)
@@ -216,6 +224,7 @@ def ingest(
         height,
         workers,
         None if stderr_log is None else os.fspath(stderr_log),
+        decode_chunk=partial(decode_many, memory_cap=memory_cap),
     )
     for chunk, (rows, reasons) in zip(chunks, decoder.map(chunks)):
         for rel, row, why in zip(chunk, rows, reasons):

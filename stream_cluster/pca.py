@@ -181,7 +181,9 @@ class StreamingPCA:
         self._gram_partial_fit(self._validate_batch(X))
         return self
 
-    def transform(self, X: np.ndarray) -> np.ndarray:
+    def transform(
+        self, X: np.ndarray, *, scale: float | np.floating[Any] | None = None
+    ) -> np.ndarray:
         """Project ``X`` onto the components: ``(X - mean_) @ components_.T`` as float32.
 
         Centring and projection run on column blocks in float32 with the products summed in
@@ -191,6 +193,9 @@ class StreamingPCA:
         Parameters
         ----------
         X : ndarray of shape (b, d)
+        scale : float, optional
+            Transform ``float32(X * scale)`` instead, scaling one column block at a time: raw
+            uint8 pixels need no float32 copy (the result equals scaling first).
 
         Returns
         -------
@@ -203,6 +208,8 @@ class StreamingPCA:
                 f"X must have shape (n_samples, {self.n_features_in_}). Got {arr.shape} instead."
             )
         if self.solver == "sklearn":
+            if scale is not None:
+                arr = np.multiply(arr, _F32(scale), dtype=_F32)
             return np.asarray(self._ipca.transform(arr), dtype=_F32)
         n, d = arr.shape
         V = self.components_
@@ -212,7 +219,11 @@ class StreamingPCA:
         buf = np.empty(n * cb, dtype=_F32)
         for c0, c1 in _spans(0, d, cb):
             centred = buf[: n * (c1 - c0)].reshape(n, c1 - c0)
-            np.subtract(arr[:, c0:c1], mean32[c0:c1], out=centred, casting="unsafe")
+            if scale is None:
+                np.subtract(arr[:, c0:c1], mean32[c0:c1], out=centred, casting="unsafe")
+            else:
+                np.multiply(arr[:, c0:c1], _F32(scale), out=centred, casting="unsafe")
+                centred -= mean32[c0:c1]
             out += centred @ V[:, c0:c1].T
         return out.astype(_F32)
 

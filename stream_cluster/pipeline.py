@@ -24,12 +24,11 @@ from typing import Any
 import numpy as np
 
 from . import __version__
-from .budget import MemoryPlan, plan_memory
+from .budget import READ_ROWS, MemoryPlan, plan_memory
 from .checkpoint import RunLock, RunState, load_arrays, save_arrays
 from .config import RunConfig, fingerprint, format_bytes
-from .errors import (
-    InputError,
-)
+from .decode import DECODE_MEMORY_CAP, decode_cost_bound
+from .errors import BudgetError, InputError
 from .ingest import ingest
 from .kmeans import FeatureSource, KMeansResult, fit_kmeans
 from .memprofile import MemorySampler
@@ -39,7 +38,7 @@ from .scan import scan
 from .selection import find_knee
 from .store import RowStore, atomic_write_bytes
 
-__all__ = ["STAGES", "ProgressEvent", "RunResult", "iter_run", "plan", "run"]
+__all__ = ["STAGES", "ProgressEvent", "RunResult", "iter_run", "plan", "plan_folder", "run"]
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +47,22 @@ STAGES = ("scan", "ingest", "pca", "embed", "elbow", "cluster", "report")
 #: every batch is a fair sample of the folder: incremental PCA and mini-batch k-means assume
 #: exchangeable batches, and sorted folders put one category in each. Outputs are sorted by path.
 ORDER_SEED = 20260101
+
+
+#: Pixels are stored as uint8 and fitted as float32 in 0..1.
+PIXEL_SCALE = np.float32(1.0 / 255.0)
+
+
+def _read_scaled(pixels: RowStore, lo: int, hi: int) -> np.ndarray:
+    """Rows ``lo:hi`` of the pixel store as float32 in 0..1, read READ_ROWS rows at a time.
+
+    Filling the batch in slices spares a uint8 copy of the whole batch (146 MB at the seed size).
+    """
+    x = np.empty((hi - lo, pixels.row_size), dtype=np.float32)
+    for s0 in range(lo, hi, READ_ROWS):
+        s1 = min(s0 + READ_ROWS, hi)
+        np.multiply(pixels.read(s0, s1), PIXEL_SCALE, out=x[s0 - lo : s1 - lo])
+    return x
 
 
 def processing_order(n_files: int) -> np.ndarray:
@@ -87,8 +102,17 @@ class RunResult:
     stage_seconds: dict[str, float] = field(default_factory=dict)
 
 
-def plan(config: RunConfig, n_images: int) -> MemoryPlan:
-    """The memory plan a run of ``config`` on ``n_images`` images would use (raises BudgetError)."""
+def plan(
+    config: RunConfig,
+    n_images: int,
+    decode_cap: int = DECODE_MEMORY_CAP,
+    batch_size: int | None = None,
+) -> MemoryPlan:
+    """The memory plan for ``config`` on ``n_images`` images (raises BudgetError).
+
+    ``decode_cap`` bounds each decode worker (default: any image); ``batch_size`` overrides the
+    configured PCA batch (a resumed PCA keeps its own).
+    """
     return plan_memory(
         config.mem_budget,
         n_images=n_images,
@@ -97,10 +121,41 @@ def plan(config: RunConfig, n_images: int) -> MemoryPlan:
         n_components=config.n_components,
         solver=config.pca_solver,
         workers=config.workers,
-        batch_size=config.batch_size,
+        batch_size=config.batch_size if batch_size is None else batch_size,
         cpu_count=os.cpu_count() or 1,
         max_k=max(config.k_range[1], config.k or 2),
+        decode_cap=decode_cap,
     )
+
+
+def plan_folder(
+    config: RunConfig,
+    root: str | os.PathLike[str],
+    files: list[str],
+    batch_size: int | None = None,
+) -> MemoryPlan:
+    """The memory plan for ``config`` on these files, with decode workers sized to the folder.
+
+    The plan for the worst image ``decode_image`` accepts is tried first; if it does not
+    overlap decoding with the PCA (or does not fit), the files' headers are read (~15 us each)
+    and the plan is made again for the largest decode any of them needs. The PCA batch is the
+    same either way, so the results do not depend on it.
+    """
+    n = len(files)
+    try:
+        worst = plan(config, n, batch_size=batch_size)
+        if worst.overlap:
+            return worst
+    except BudgetError:
+        worst = None
+    w, h = config.width, config.height
+    cap = max((decode_cost_bound(os.path.join(root, rel), w, h) for rel in files), default=0)
+    try:
+        return plan(config, n, decode_cap=max(cap, 1), batch_size=batch_size)
+    except BudgetError:
+        if worst is not None:
+            return worst
+        raise
 
 
 def run(config: RunConfig, *, fresh: bool = False) -> RunResult:
@@ -263,7 +318,7 @@ class _Runner:
                 f"--k {cfg.k} is larger than the number of images ({len(files)}). "
                 f"Use a smaller --k."
             )
-        mem_plan = self._plan(len(files))
+        mem_plan = self._plan(found.root, files)
         d = cfg.n_features
         check_disk(self.out, self._disk_need(len(files), mem_plan))
         if not self.state.stage("ingest"):
@@ -309,25 +364,14 @@ class _Runner:
         yield from self._report(pixels, km, elbow, knee, k, mem_plan)
         return self._result(n, km, elbow, k)
 
-    def _plan(self, n_files: int) -> MemoryPlan:
-        mem_plan = plan(self.config, n_files)
+    def _plan(self, root: Path, files: list[str]) -> MemoryPlan:
+        mem_plan = plan_folder(self.config, root, files)
         rec = self.state.stage("pca")
         # A PCA in progress keeps its batch size (the result depends on it) if it still fits.
         if rec and not rec.get("done") and rec.get("batch") and rec["batch"] != mem_plan.pca_batch:
             try:
-                pinned = plan_memory(
-                    self.config.mem_budget,
-                    n_images=n_files,
-                    width=self.config.width,
-                    height=self.config.height,
-                    n_components=self.config.n_components,
-                    solver=self.config.pca_solver,
-                    workers=self.config.workers,
-                    batch_size=int(rec["batch"]),
-                    cpu_count=os.cpu_count() or 1,
-                )
-                mem_plan = pinned
-            except Exception:
+                mem_plan = plan_folder(self.config, root, files, batch_size=int(rec["batch"]))
+            except BudgetError:
                 logger.warning("PCA batch %s no longer fits the budget; PCA restarts", rec["batch"])
                 self.state.reset(["pca", "embed", "elbow", "cluster", "report"])
                 (self.out / "pca-checkpoint.h5").unlink(missing_ok=True)
@@ -427,6 +471,7 @@ class _Runner:
             start_file=start,
             skipped=prior,
             stderr_log=self.out / "decode.log",
+            memory_cap=mem_plan.decode_cap,
         ):
             self.state.update(
                 "ingest",
@@ -477,7 +522,6 @@ class _Runner:
         last_save = time.perf_counter()
         saved_at = cursor
         yield self.event("pca", cursor, n)
-        scale = np.float32(1.0 / 255.0)
         # Batches sit at fixed offsets so a resumed run replays exactly the same partial_fits.
         # Only the first batch must hold >= n_components rows (b >= k and n >= k ensure it).
         lo = cursor
@@ -489,7 +533,7 @@ class _Runner:
             if lo >= avail:
                 break
             hi = min(lo + b, avail)
-            x = np.multiply(pixels.read(lo, hi), scale, dtype=np.float32)
+            x = _read_scaled(pixels, lo, hi)
             model.partial_fit(x)
             del x
             cursor = lo = hi
@@ -553,11 +597,11 @@ class _Runner:
         features.truncate_segments(int(rec.get("segments", 0)))
         b = mem_plan.embed_batch
         names = pixels.names()
-        scale = np.float32(1.0 / 255.0)
         yield self.event("embed", len(features), n)
         for lo in range(len(features), n, b):
-            x = np.multiply(pixels.read(lo, lo + b), scale, dtype=np.float32)
-            z = model.transform(x)[:, :n_keep]
+            # transform scales the uint8 rows block by block: no float32 copy of the batch.
+            x = pixels.read(lo, lo + b)
+            z = model.transform(x, scale=PIXEL_SCALE)[:, :n_keep]
             del x
             features.append(np.ascontiguousarray(z, dtype=np.float32), names[lo : lo + len(z)])
             self.state.update("embed", segments=features.n_segments)

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from stream_cluster.budget import SAFETY, plan_memory
 from stream_cluster.config import parse_mem
+from stream_cluster.decode import DECODE_MEMORY_CAP
 from stream_cluster.errors import BudgetError
 
 dims = st.tuples(st.integers(8, 600), st.integers(8, 600))
@@ -21,20 +22,34 @@ dims = st.tuples(st.integers(8, 600), st.integers(8, 600))
     size=dims,
     k=st.integers(1, 1000),
     n_images=st.integers(1000, 200_000),
+    cap=st.one_of(st.just(DECODE_MEMORY_CAP), st.integers(1, DECODE_MEMORY_CAP)),
 )
 def test_plan_never_exceeds_budget(budget: int, size: tuple[int, int], k: int,
-                                   n_images: int) -> None:
-    """Check that every stage of any plan fits the budget, or the planner refuses."""
+                                   n_images: int, cap: int) -> None:
+    """Check that every stage of any plan fits the budget, or the planner refuses.
+
+    A smaller decode cap never changes the PCA batch (the result depends on it) and never
+    takes the overlap away.
+    """
     w, h = size
     if k > w * h:
         return
     try:
-        plan = plan_memory(budget, n_images=n_images, width=w, height=h, n_components=k)
+        plan = plan_memory(
+            budget, n_images=n_images, width=w, height=h, n_components=k, decode_cap=cap
+        )
     except BudgetError:
         return
     assert plan.peak_bytes <= budget * SAFETY
     assert plan.pca_batch >= k
     assert plan.workers >= 0 and plan.segment_rows >= 1
+    assert plan.decode_cap == cap
+    try:
+        worst = plan_memory(budget, n_images=n_images, width=w, height=h, n_components=k)
+    except BudgetError:
+        return
+    assert worst.pca_batch == plan.pca_batch
+    assert plan.overlap or not worst.overlap
 
 
 @settings(max_examples=60, deadline=None)
@@ -66,6 +81,23 @@ def test_plan_seed_workload_fits_2g() -> None:
     plan = plan_memory(2 * 2**30, n_images=8121, width=300, height=430, n_components=800)
     assert plan.pca_batch >= 800
     assert plan.peak_bytes <= 2 * 2**30 * SAFETY
+
+
+def test_plan_seed_workload_overlaps_at_2g_with_folder_sized_workers() -> None:
+    """Check that workers sized to small PNGs (~17 MiB) let decoding overlap the PCA at 2 GiB.
+
+    The worst-case worker (any image up to the 256 MiB decode cap) does not fit beside the PCA
+    at 2 GiB; the PCA batch must be the same either way.
+    """
+    worst = plan_memory(2 * 2**30, n_images=8121, width=300, height=430, n_components=800)
+    sized = plan_memory(
+        2 * 2**30, n_images=8121, width=300, height=430, n_components=800,
+        decode_cap=17 * 2**20,
+    )
+    assert not worst.overlap
+    assert sized.overlap and sized.workers >= 1
+    assert sized.pca_batch == worst.pca_batch
+    assert sized.peak_bytes <= 2 * 2**30 * SAFETY
 
 
 def test_plan_too_small_names_minimum() -> None:

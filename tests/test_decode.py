@@ -26,7 +26,12 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from stream_cluster import decode as decode_mod
-from stream_cluster.decode import DECODE_MEMORY_CAP, decode_image, decode_worker_bytes
+from stream_cluster.decode import (
+    DECODE_MEMORY_CAP,
+    decode_cost_bound,
+    decode_image,
+    decode_worker_bytes,
+)
 from stream_cluster.errors import ConfigError, DecodeError
 
 from .hostile import (
@@ -443,6 +448,95 @@ def test_decode_image_any_size_gives_requested_shape(
     img.save(path)
     result = decode_image(path, out[0], out[1])
     assert result.shape == (out[1], out[0]) and result.dtype == np.uint8
+
+
+# --- header bound -----------------------------------------------------------------------------
+
+
+def test_decode_cost_bound_admits_every_file_of_the_hostile_folder(
+    hostile: tuple[Path, dict[str, str]],
+) -> None:
+    """Check that each file decodes (or fails for its own reason) with memory_cap = its bound."""
+    root, expected = hostile
+    checked = 0
+    for rel, outcome in expected.items():
+        if outcome == IGNORED or any(r in outcome for r in SCAN_REASONS):
+            continue
+        path = os.path.join(root, rel)
+        bound = decode_cost_bound(path, W, H)
+        assert 0 <= bound <= DECODE_MEMORY_CAP, rel
+        if outcome == OK:
+            assert bound > 0, rel
+            assert decode_image(path, W, H, memory_cap=bound).shape == (H, W), rel
+            checked += 1
+        elif bound:
+            with pytest.raises(DecodeError) as info:
+                decode_image(path, W, H, memory_cap=bound)
+            assert outcome in info.value.reason, (rel, info.value.reason)
+    assert checked >= 20
+
+
+def test_decode_cost_bound_zero_for_refused_and_cap_for_too_large(tmp_path: Path) -> None:
+    """Check the bound of files refused before decoding (0) and of one over the cap (the cap)."""
+    (tmp_path / "e.png").write_bytes(b"")
+    (tmp_path / "t.png").write_bytes(b"just some text\n")
+    assert decode_cost_bound(tmp_path / "e.png", W, H) == 0
+    assert decode_cost_bound(tmp_path / "t.png", W, H) == 0
+    assert decode_cost_bound(tmp_path / "missing.png", W, H) == 0
+    wide = _bomb(tmp_path / "wide.png", 400_000, 10)
+    assert decode_cost_bound(wide, W, H) == DECODE_MEMORY_CAP
+    small = _write_png(tmp_path / "s.png", gradient_rgb(300, 430))
+    assert 0 < decode_cost_bound(small, W, H) < 20 * 2**20
+
+
+@settings(
+    max_examples=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+@given(
+    src=st.tuples(st.integers(1, 900), st.integers(1, 900)),
+    out=st.tuples(st.integers(1, 300), st.integers(1, 300)),
+    mode=st.sampled_from(["L", "LA", "RGB", "RGBA", "P", "I;16"]),
+    variant=st.sampled_from(["png", "png-interlaced", "jpg", "jpg-progressive", "jpg-rot6"]),
+    streamed=st.booleans(),
+)
+def test_decode_cost_bound_never_below_decode_estimate(
+    src: tuple[int, int], out: tuple[int, int], mode: str, variant: str, streamed: bool
+) -> None:
+    """Check that decode_image accepts any PNG/JPEG at memory_cap = decode_cost_bound."""
+    sw, sh = src
+    rgb = gradient_rgb(sw, sh, seed=sw * 7 + sh)
+    img = Image.fromarray(rgb).convert("RGBA" if mode in ("LA", "RGBA") else "RGB")
+    img = img.convert("I;16") if mode == "I;16" else img.convert(mode)
+    path = os.path.join(_hyp_dir, "bound." + variant.split("-")[0])
+    if variant.startswith("jpg"):
+        img = img.convert("L" if mode in ("L", "I;16") else "RGB")
+        exif = Image.Exif()
+        if variant == "jpg-rot6":
+            exif[0x0112] = 6
+        img.save(path, "JPEG", progressive=variant == "jpg-progressive", exif=exif)
+    elif variant == "png-interlaced":
+        img.save(path, "PNG")
+        pyvips.Image.new_from_file(path).pngsave(path + ".i.png", interlace=True)
+        os.replace(path + ".i.png", path)
+    else:
+        img.save(path, "PNG")
+    with pytest.MonkeyPatch.context() as mp:
+        if streamed:
+            mp.setattr(decode_mod, "CV2_MAX_PIXELS", 0)
+        bound = decode_cost_bound(path, *out)
+        assert 0 < bound <= DECODE_MEMORY_CAP
+        result = decode_image(path, out[0], out[1], memory_cap=bound)
+    assert result.shape == (out[1], out[0])
+
+
+def test_decode_image_one_pixel_through_libvips(tmp_path: Path) -> None:
+    """Check that a 1 x 1 grey TIFF (libvips path; pyvips returns it 0-d) decodes."""
+    path = str(tmp_path / "dot.tif")
+    (pyvips.Image.black(1, 1) + 40).cast("uchar").tiffsave(path)
+    out = decode_image(path, 3, 2)
+    assert out.shape == (2, 3) and out.min() == 40
 
 
 # --- memory bound ------------------------------------------------------------------------------

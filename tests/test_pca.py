@@ -278,6 +278,17 @@ def test_streaming_pca_copy_false_centres_in_place() -> None:
     np.testing.assert_array_equal(kept.explained_variance_, inplace.explained_variance_)
 
 
+@pytest.mark.parametrize("solver", ["gram", "sklearn"])
+def test_transform_scale_equals_scaling_first(solver: str) -> None:
+    """Check that transform(uint8, scale=s) is bitwise transform(float32(uint8 * s))."""
+    rng = np.random.default_rng(3)
+    X = rng.integers(0, 256, (90, 1000), dtype=np.uint8)
+    s = np.float32(1.0 / 255.0)
+    pca = StreamingPCA(7, solver=solver, block_columns=300).partial_fit(X * s)
+    scaled = np.multiply(X, s, dtype=np.float32)
+    np.testing.assert_array_equal(pca.transform(X, scale=s), pca.transform(scaled))
+
+
 def test_streaming_pca_rejects_bad_input() -> None:
     """Check the messages for too small a first batch, wrong width, NaN and bad parameters."""
     rng = np.random.default_rng(0)

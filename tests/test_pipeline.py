@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import errno
 import json
 from pathlib import Path
@@ -170,3 +171,41 @@ def test_overlapped_and_sequential_paths_agree(tmp_path: Path) -> None:
     assert plan_a["overlap"] and not plan_b["overlap"]
     assert _labels(tmp_path / "a") == _labels(tmp_path / "b")
     assert overlapped.explained_variance == sequential.explained_variance
+
+
+def test_plan_folder_sizes_decode_workers_to_the_headers(tmp_path: Path) -> None:
+    """Check that small images let decoding overlap the PCA where the worst case would not.
+
+    At a budget where a worker sized for any image (256 MiB decode cap) does not fit beside the
+    PCA, the header bound of these small PNGs does; the run then decodes every image with that
+    lower cap and gives the same labels as the sequential plan.
+    """
+    from stream_cluster.decode import DECODE_MEMORY_CAP, decode_cost_bound
+    from stream_cluster.pipeline import plan, plan_folder
+    from stream_cluster.scan import scan
+
+    make_shapes_corpus(tmp_path / "img", n=40, size=(120, 90))
+    found = scan(tmp_path / "img")
+    bound = max(decode_cost_bound(found.root / rel, 120, 90) for rel in found.files)
+
+    def cfg(budget: int, out: str) -> RunConfig:
+        return _config(tmp_path / "img", tmp_path / out, mem_budget=budget, width=120,
+                       height=90, workers=None)
+
+    def overlaps(budget: int, cap: int = DECODE_MEMORY_CAP) -> bool:
+        try:
+            return plan(cfg(budget, "x"), 40, decode_cap=cap).overlap
+        except BudgetError:
+            return False
+
+    budget = next(
+        b for b in range(256 * 2**20, 2**31, 8 * 2**20) if overlaps(b, bound) and not overlaps(b)
+    )
+    chosen = plan_folder(cfg(budget, "x"), found.root, found.files)
+    assert chosen.overlap and chosen.decode_cap == bound < DECODE_MEMORY_CAP
+    run(cfg(budget, "a"))
+    recorded = json.loads((tmp_path / "a" / "run.json").read_text())["plan"]
+    assert recorded["overlap"] and recorded["decode_cap"] == bound
+    assert (tmp_path / "a" / "skipped.csv").read_text().count("\n") == 1  # header only
+    run(dataclasses.replace(cfg(budget, "b"), workers=0))
+    assert _labels(tmp_path / "a") == _labels(tmp_path / "b")
