@@ -34,9 +34,11 @@ logger = logging.getLogger(__name__)
 CHUNK = 8
 
 
-def _init_worker(stderr_log: str | None = None) -> None:
+def _init_worker(stderr_log: str | None = None, nice: int = 0) -> None:
     # Ctrl-C goes to the whole process group; only the parent decides how to stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if nice:
+        os.nice(nice)
     if stderr_log is not None:
         # libpng/libjpeg inside OpenCV print straight to fd 2 ("libpng error: ..."); keep those
         # lines out of the progress bars but on record next to the run.
@@ -98,12 +100,14 @@ class _Decoder:
         height: int,
         workers: int,
         stderr_log: str | None = None,
+        nice: int = 0,
         decode_chunk: Callable[
             [str, Sequence[str], int, int], tuple[np.ndarray, list[str | None]]
         ] = decode_many,
     ) -> None:
         self.root, self.width, self.height, self.workers = root, width, height, workers
         self.stderr_log = stderr_log
+        self.nice = nice
         # A module-level function (workers are spawned and import it by name).
         self.decode_chunk = decode_chunk
         self.pool: ProcessPoolExecutor | None = None
@@ -113,7 +117,7 @@ class _Decoder:
             max_workers=workers or self.workers,
             mp_context=multiprocessing.get_context("spawn"),
             initializer=_init_worker,
-            initargs=(self.stderr_log,),
+            initargs=(self.stderr_log, self.nice),
         )
 
     def close(self) -> None:
@@ -201,6 +205,7 @@ def ingest(
     on_images: Callable[[int], None] | None = None,
     stderr_log: Path | None = None,
     memory_cap: int = DECODE_MEMORY_CAP,
+    nice: int = 0,
 ) -> Iterator[IngestProgress]:
     """Decode ``files[start_file:]`` into ``store``, one atomic segment at a time.
 
@@ -211,6 +216,7 @@ def ingest(
     Memory: ``segment_rows`` rows of uint8 in the parent, plus ``2 * workers`` chunks in flight,
     plus each worker's decode workspace (see :func:`stream_cluster.decode.decode_worker_bytes`),
     which ``memory_cap`` bounds: images whose modelled decode cost is higher are skipped.
+    Workers run at niceness ``nice`` (decoding beside the PCA uses only the CPU it leaves idle).
     """
     d = width * height
     skipped_all = list(skipped)
@@ -224,6 +230,7 @@ def ingest(
         height,
         workers,
         None if stderr_log is None else os.fspath(stderr_log),
+        nice=nice,
         decode_chunk=partial(decode_many, memory_cap=memory_cap),
     )
     for chunk, (rows, reasons) in zip(chunks, decoder.map(chunks)):

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
 import scipy.linalg
 from sklearn.decomposition import IncrementalPCA
-from threadpoolctl import threadpool_limits
 
 from stream_cluster.errors import ConfigError, StoreError
 
@@ -19,8 +20,13 @@ logger = logging.getLogger(__name__)
 
 _SOLVERS = ("gram", "sklearn")
 # Column width of the slices the running mean/variance is computed on; bounds its float64
-# temporary to 8 * batch * 2048 bytes.
-_STATS_COLUMNS = 2048
+# temporary to 8 * batch * 1024 bytes per thread.
+_STATS_COLUMNS = 1024
+# Threads the running mean/variance runs on, one column slice each (numpy releases the GIL;
+# each column's arithmetic is unchanged, so the results stay bitwise sklearn's). The update is
+# memory-bound; on 2 cores two threads took a batch at the seed size from 8.15 to 7.44 s
+# (median of 3, k=800, b=1131).
+_STATS_THREADS = max(1, min(4, os.cpu_count() or 1))
 # The precise (float64) paths work on a quarter of a column block so that their float64
 # copies take no more memory than the float32 buffers of the fast path.
 _PRECISE_DIVISOR = 4
@@ -28,6 +34,9 @@ _PRECISE_DIVISOR = 4
 # float32 GEMMs (measured: components lose orthonormality beyond ~1e-5 below it); the batch's
 # Gram matrix is then recomputed in float64 and those components are projected in float64.
 _FAST_RTOL = 2e-5
+# Updates with m^2 d below this many flops (the Gram matrix of the m-row stack) run in float64
+# throughout: under ~0.05 s, and exact to float32 rounding at any eigenvalue ratio.
+_FLOAT64_FLOPS = 2e9
 # Below this fraction even the float64 Gram matrix cannot resolve a direction (its eigenvalue
 # error is ~ m * eps64 * largest): such components are replaced by an orthonormal completion,
 # as sklearn's SVD returns arbitrary orthonormal rows for (numerically) zero singular values.
@@ -381,16 +390,26 @@ class StreamingPCA:
         corr = None if first else np.empty(d, dtype=_F64)
         ybuf = np.empty(q * cb, dtype=_F32)
 
+        # Float64 from the start where it is nearly free (small problems: float32 Gram matrices of
+        # a few columns lose orthonormality at eigenvalue ratios of 1e-4, where large ones average
+        # the rounding out) or where the float32 pass would only be redone: a first batch keeping
+        # at least half its rows keeps directions near its rank, measured below _FAST_RTOL.
+        exact = m * m * d <= _FLOAT64_FLOPS or (first and 2 * k >= n)
+
         # Pass 1: statistics, centring, and the Gram matrix from float32 GEMMs summed in float64.
         G = np.zeros((m, m), dtype=_F64)
-        for c0, c1 in _spans(0, d, cb):
-            self._stats_and_centre(X, c0, c1, n_seen, mean, var, corr)
-            Y = _batch_block(ybuf, X, corr, c0, c1)
-            G[p:, p:] += Y @ Y.T
-            if V is not None:
-                Vb = V[:, c0:c1]
-                G[:p, :p] += Vb @ Vb.T
-                G[:p, p:] += Vb @ Y.T
+
+        def stats(span: tuple[int, int]) -> None:
+            self._stats_and_centre(X, *span, n_seen, mean, var, corr)
+
+        with ThreadPoolExecutor(_STATS_THREADS, thread_name_prefix="pca-stats") as pool:
+            for c0, c1 in _spans(0, d, cb):
+                # list() waits for every slice (and re-raises a failure) before the GEMMs.
+                list(pool.map(stats, _spans(c0, c1, _STATS_COLUMNS)))
+                if not exact:
+                    self._gram_block(G, X, V, corr, ybuf, p, c0, c1)
+        if exact:
+            G = self._gram64(X, V, corr, p, q, cb)
         if not np.isfinite(G).all():
             raise ValueError("X contains NaN or infinity.")
         _scale_old_block(G, sigma)
@@ -398,7 +417,7 @@ class StreamingPCA:
 
         top = max(float(lam[0]), 0.0)
         precise = np.zeros(0, dtype=np.intp)
-        if lam[k - 1] < _FAST_RTOL * top:
+        if not exact and lam[k - 1] < _FAST_RTOL * top:
             logger.info(
                 "Smallest kept eigenvalue is %.2e of the largest; recomputing this batch's Gram "
                 "matrix in float64.",
@@ -408,7 +427,10 @@ class StreamingPCA:
             _scale_old_block(G, sigma)
             lam, U = _eigh_descending(G)
             top = max(float(lam[0]), 0.0)
-            precise = np.flatnonzero(lam[:k] < _FAST_RTOL * top)
+            exact = True
+        if exact:
+            small = m * m * d <= _FLOAT64_FLOPS
+            precise = np.arange(k) if small else np.flatnonzero(lam[:k] < _FAST_RTOL * top)
         del G
         r = min(m, d)
         lam = np.clip(lam[:r], 0.0, None)
@@ -453,32 +475,48 @@ class StreamingPCA:
         self.n_components_ = k
         self.n_features_in_ = d
 
+    @staticmethod
+    def _gram_block(
+        G: np.ndarray,
+        X: np.ndarray,
+        V: np.ndarray | None,
+        corr: np.ndarray | None,
+        ybuf: np.ndarray,
+        p: int,
+        c0: int,
+        c1: int,
+    ) -> None:
+        """Add columns c0:c1 of the (centred) stack to its Gram matrix (old block unscaled)."""
+        Y = _batch_block(ybuf, X, corr, c0, c1)
+        G[p:, p:] += Y @ Y.T
+        if V is not None:
+            Vb = V[:, c0:c1]
+            G[:p, :p] += Vb @ Vb.T
+            G[:p, p:] += Vb @ Y.T
+
     def _stats_and_centre(
         self,
         X: np.ndarray,
-        c0: int,
-        c1: int,
+        s0: int,
+        s1: int,
         n_seen: int,
         mean: np.ndarray,
         var: np.ndarray,
         corr: np.ndarray | None,
     ) -> None:
-        """Update mean/var of columns c0:c1 as sklearn does and centre them in place."""
+        """Update mean/var of columns s0:s1 as sklearn does and centre them in place."""
         n = X.shape[0]
-        for s0, s1 in _spans(c0, c1, _STATS_COLUMNS):
-            xs = X[:, s0:s1]
-            if corr is None:
-                mean[s0:s1], var[s0:s1] = _mean_and_var(xs, n_seen, 0.0, 0.0)
-                xs -= mean[s0:s1]
-            else:
-                mean[s0:s1], var[s0:s1] = _mean_and_var(
-                    xs, n_seen, self.mean_[s0:s1], self.var_[s0:s1]
-                )
-                batch_mean = np.mean(xs, axis=0)
-                xs -= batch_mean
-                corr[s0:s1] = np.sqrt((n_seen / (n_seen + n)) * n) * (
-                    self.mean_[s0:s1] - batch_mean
-                )
+        xs = X[:, s0:s1]
+        if corr is None:
+            mean[s0:s1], var[s0:s1] = _mean_and_var(xs, n_seen, 0.0, 0.0)
+            xs -= mean[s0:s1]
+        else:
+            mean[s0:s1], var[s0:s1] = _mean_and_var(
+                xs, n_seen, self.mean_[s0:s1], self.var_[s0:s1]
+            )
+            batch_mean = np.mean(xs, axis=0)
+            xs -= batch_mean
+            corr[s0:s1] = np.sqrt((n_seen / (n_seen + n)) * n) * (self.mean_[s0:s1] - batch_mean)
 
     @staticmethod
     def _gram64(
@@ -611,10 +649,11 @@ def _scale_old_block(G: np.ndarray, sigma: np.ndarray) -> None:
 
 def _eigh_descending(G: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """All eigenpairs of symmetric G, largest first (divide and conquer, G overwritten)."""
-    # One thread: LAPACK's tridiagonalisation makes many small BLAS calls whose two-thread
-    # version was measured 6-9x slower on a busy 2-core machine (and barely faster when idle).
-    with threadpool_limits(limits=1, user_api="blas"):
-        lam, U = scipy.linalg.eigh(G, overwrite_a=True, check_finite=False, driver="evd")
+    # All BLAS threads: 0.85 s instead of 1.35 s at m=1932 on 2 idle cores. LAPACK's
+    # tridiagonalisation makes many small BLAS calls, so a CPU-bound process of equal priority
+    # on the other core makes two threads slower than one (2.2 s); the pipeline therefore runs
+    # its background decoders at low priority (measured 0.85 s beside a nice-19 busy loop).
+    lam, U = scipy.linalg.eigh(G, overwrite_a=True, check_finite=False, driver="evd")
     return lam[::-1], U[:, ::-1]
 
 
@@ -726,7 +765,8 @@ def pca_memory_bytes(
     ybuf = 4 * q * cb  # contiguous float32 [X_c; correction] block
     gram = 8 * m * m  # the float64 Gram matrix G
     gemm_out = 4 * (k * k + k * q + q * q)  # float32 block results V V^T, V Y^T, Y Y^T
-    stats = 13 * b * min(cb, _STATS_COLUMNS)  # per-slice temporaries of the mean/var update
+    # per-slice temporaries of the mean/var update, one slice per thread
+    stats = 13 * b * min(cb, _STATS_COLUMNS) * _STATS_THREADS
     sub = max(1, cb // _PRECISE_DIVISOR)
     gram64 = 8 * (k + q) * sub + 8 * (k * k + k * q + q * q)  # float64 re-pass blocks+results
     pass1 = ybuf + gram + gemm_out + max(stats, gram64)

@@ -49,6 +49,11 @@ STAGES = ("scan", "ingest", "pca", "embed", "elbow", "cluster", "report")
 ORDER_SEED = 20260101
 
 
+#: Niceness of decode workers running beside the PCA: they take only the CPU its BLAS threads
+#: leave idle (eigh, statistics, I/O), so the PCA, which decides the wall time, never waits for a
+#: core. When the PCA waits for rows instead, nothing else runs and decoding gets both cores.
+BACKGROUND_NICE = 19
+
 #: Pixels are stored as uint8 and fitted as float32 in 0..1.
 PIXEL_SCALE = np.float32(1.0 / 255.0)
 
@@ -421,7 +426,9 @@ class _Runner:
 
         def produce() -> None:
             try:
-                for ev in self._ingest(root, files, pixels, mem_plan, stop=stop, account=False):
+                for ev in self._ingest(
+                    root, files, pixels, mem_plan, stop=stop, account=False, nice=BACKGROUND_NICE
+                ):
                     events.put(ev)
             except BaseException as exc:  # handed to the main thread, which raises it
                 events.put(exc)
@@ -447,6 +454,7 @@ class _Runner:
         *,
         stop: threading.Event | None = None,
         account: bool = True,
+        nice: int = 0,
     ) -> Generator[ProgressEvent, None, None]:
         cfg = self.config
         rec = self.state.stage("ingest")
@@ -472,6 +480,7 @@ class _Runner:
             skipped=prior,
             stderr_log=self.out / "decode.log",
             memory_cap=mem_plan.decode_cap,
+            nice=nice,
         ):
             self.state.update(
                 "ingest",

@@ -15,6 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sklearn.decomposition import IncrementalPCA
 
+import stream_cluster.pca as pca_mod
 from stream_cluster.errors import ConfigError, StoreError
 from stream_cluster.pca import StreamingPCA, pca_memory_bytes
 
@@ -111,11 +112,17 @@ def _assert_equivalent(ours: StreamingPCA, ref: IncrementalPCA, X_test: np.ndarr
     ],
     ids=["uniform-random", "decaying-spectrum", "low-rank-plus-noise"],
 )
-def test_streaming_pca_matches_sklearn(data: str, k: int, b: int) -> None:
+@pytest.mark.parametrize("route", ["default", "float32"])
+def test_streaming_pca_matches_sklearn(
+    data: str, k: int, b: int, route: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Check that the Gram update gives sklearn's statistics, components, signs and transform.
 
     Several batches, the last one smaller than n_components (allowed after the first call).
+    Problems this small run in float64 by default; "float32" forces the large-problem route.
     """
+    if route == "float32":
+        monkeypatch.setattr(pca_mod, "_FLOAT64_FLOPS", 0)
     rng = np.random.default_rng(3)
     n, d = 4 * b + 7, 300
     if data == "uniform":
@@ -138,6 +145,25 @@ def test_streaming_pca_matches_sklearn_on_images() -> None:
     _assert_equivalent(ours, ref, X[:50])
 
 
+@pytest.mark.parametrize("top", [2.0, 2.6])
+def test_streaming_pca_float32_route_at_large_width(
+    top: float, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Check the float32 Gram route where it runs by default: 12,000 features, k=100, b=400.
+
+    Kept eigenvalue ratios of 4e-4 and 4e-5 (the seed workload's later batches have 2e-4): the
+    components stay orthonormal to 1e-8 and match sklearn run in float64.
+    """
+    X = _spectrum_data(900, 12_000, 30 * np.logspace(0, -top, 120), seed=11, noise=1e-4)
+    assert 501**2 * 12_000 > pca_mod._FLOAT64_FLOPS  # the float32 route, not the small one
+    with caplog.at_level(logging.INFO, logger="stream_cluster.pca"):
+        ours, ref = _fit_both(X, 100, 400, block_columns=2048)
+    assert not any("float64" in rec.getMessage() for rec in caplog.records)
+    assert 2e-5 < ref.explained_variance_[-1] / ref.explained_variance_[0] < 5e-4
+    assert _orthonormality_error(ours.components_) < 1e-8
+    _assert_equivalent(ours, ref, X[:40])
+
+
 def test_streaming_pca_block_width_does_not_matter() -> None:
     """Check that block_columns changes nothing beyond float32 rounding."""
     X = _spectrum_data(300, 257, 20 * np.geomspace(1, 1e-2, 60), seed=6, noise=1e-3)
@@ -154,13 +180,17 @@ def test_streaming_pca_block_width_does_not_matter() -> None:
 # ---------------------------------------------------------------------------- precision limits
 
 
-def test_streaming_pca_ill_conditioned_uses_float64(caplog: pytest.LogCaptureFixture) -> None:
+def test_streaming_pca_ill_conditioned_uses_float64(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Check that eigenvalues below 2e-5 of the largest switch to the float64 Gram route.
 
     Singular values span 1 .. 1e-4 (eigenvalues 1 .. 1e-8): a float32 Gram matrix would lose
     the tail, so the batch's Gram matrix is recomputed in float64, and the result still matches
-    sklearn run in float64 on the same data.
+    sklearn run in float64 on the same data. (Problems this small run in float64 from the start;
+    the threshold is lowered so that the switch itself is tested.)
     """
+    monkeypatch.setattr(pca_mod, "_FLOAT64_FLOPS", 0)
     X = _spectrum_data(600, 400, 30 * np.geomspace(1, 1e-4, 150), seed=7)
     k, b = 110, 150
     ours = StreamingPCA(k, block_columns=128)
