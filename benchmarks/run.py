@@ -403,9 +403,11 @@ def main(argv: list[str] | None = None) -> int:
 
     results = args.out / "results.jsonl"
     done = {row_key(r): r for r in _load_rows(results)}
+    # Repeats are interleaved (rep 0 of every pipeline, then rep 1, ...) so that a slow spell of
+    # the shared machine hits all pipelines alike instead of all repeats of one.
     for n in sizes:
-        for pipeline in pipelines:
-            for rep in range(args.repeats):
+        for rep in range(args.repeats):
+            for pipeline in pipelines:
                 probe = {"pipeline": pipeline, "n": n, "rep": rep, "components": args.components,
                          "k": args.k, "seed": args.seed, "corpus": str(args.corpus.resolve()),
                          "options": _options(pipeline, args)}
