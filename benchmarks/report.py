@@ -40,7 +40,7 @@ def stage_group(name: str) -> str:
     n = name.lower()
     if n in ("read", "scan", "ingest") or n.startswith("read"):
         return "read"
-    if n.startswith(("pca", "embed", "transform")):
+    if n.startswith(("pca", "embed", "transform", "ingest+pca")):
         return "pca"
     if n.startswith(("kmeans", "cluster", "elbow")):
         return "kmeans"
@@ -78,7 +78,13 @@ def _median(values: list[Any]) -> float | None:
 
 def _group_times(rec: dict[str, Any]) -> dict[str, float]:
     acc: dict[str, float] = defaultdict(float)
-    for st in rec.get("stages") or []:
+    stages = rec.get("stages") or []
+    # stream-cluster decoding beside its PCA reports both clocks and their shared wall time
+    # ("ingest+pca"); only the shared one adds up to the row's wall time.
+    overlapped = any(st.get("name") == "ingest+pca" for st in stages)
+    for st in stages:
+        if overlapped and st["name"] in ("ingest", "pca"):
+            continue
         if isinstance(st.get("seconds"), (int, float)) and st["name"] != "eval":
             acc[stage_group(st["name"])] += float(st["seconds"])
     return dict(acc)
@@ -287,6 +293,33 @@ def plot_memory_timeline(csv_path: Path, path: Path, budget_bytes: int | None,
     fig.savefig(path)
 
 
+def _paired_with_dask(rows: list[dict[str, Any]], n: int) -> list[str]:
+    """stream-cluster wall time and peak RSS over dask-chunked's, per repeat (same rep index)."""
+    ok = [r for r in rows if r.get("n") == n and r.get("status") == "ok"]
+    dask = {r["rep"]: r for r in ok if r["pipeline"] == "dask-chunked"}
+    pipes = sorted({r["pipeline"] for r in ok if r["pipeline"].startswith("stream-cluster-")})
+    if not dask or not pipes:
+        return []
+    lines = [
+        "Paired with dask-chunked, repeat by repeat (repeats run interleaved: rep 0 of every "
+        "pipeline, then rep 1, ...):",
+        "",
+        "| pipeline | wall / dask-chunked per repeat | median | peak RSS / dask-chunked |",
+        "|---|---|---|---|",
+    ]
+    for p in pipes:
+        pairs = [(r, dask[r["rep"]]) for r in ok if r["pipeline"] == p and r["rep"] in dask]
+        walls = [_wall_without_eval(a) / _wall_without_eval(b) for a, b in pairs
+                 if _wall_without_eval(a) and _wall_without_eval(b)]
+        rss = [a["peak_rss_tree"] / b["peak_rss_tree"] for a, b in pairs
+               if a.get("peak_rss_tree") and b.get("peak_rss_tree")]
+        if walls:
+            lines.append(f"| {p} | {', '.join(f'{w:.2f}' for w in walls)} | "
+                         f"**{statistics.median(walls):.2f}** | "
+                         f"{_f(_median(rss), '{:.2f}')} |")
+    return [*lines, ""]
+
+
 def _versions_section(rows: list[dict[str, Any]], meta: dict[str, Any]) -> list[str]:
     lines = ["## Versions", ""]
     harness = meta.get("machine", {}).get("harness", {})
@@ -361,6 +394,7 @@ def write_report(out: Path, report_path: Path) -> None:
         if str(n) in distinct:
             head += f" ({distinct[str(n)]} distinct files)"
         lines += [head, "", _table(summ, n, pipes), ""]
+        lines += _paired_with_dask(rows, n)
         ref = summ.get((n, REFERENCE))
         seed_ari = _median([r.get("ari_seed_to_seed") for r in [ref["first"]]]) if ref else None
         if seed_ari is not None:
@@ -371,7 +405,8 @@ def write_report(out: Path, report_path: Path) -> None:
         "Columns: total = wall time of the row's process (what a user waits, imports "
         "included; the reference's extra `eval` KMeans for the yardstick is subtracted); "
         "stage times are the pipeline's own (dask-chunked reads images inside PCA, "
-        "the IPCA loop inside its fit and transform passes); peak RSS tree = max over 0.1 s "
+        "the IPCA loop inside its fit and transform passes, stream-cluster decodes beside its "
+        "PCA when the budget holds both); peak RSS tree = max over 0.1 s "
         "samples of the summed RSS of the row's process and all descendants (psutil); EV = the "
         "estimator's summed explained_variance_ratio_; EV check = variance carried by the "
         "features / total pixel variance (harness, same for all); inertia / TSS = sum of "

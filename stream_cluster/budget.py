@@ -202,13 +202,14 @@ def plan_memory(
     }
 
     # Decoding while the PCA fits (the pipeline's faster path) holds both at once. Take it when
-    # it fits with at least one worker and the same PCA batch (the batch decides the result,
-    # so it must not depend on whether decoding overlaps).
+    # it fits with every planned worker and the same PCA batch (the batch decides the result,
+    # so it must not depend on whether decoding overlaps). With fewer workers, a folder of big
+    # images would decode slower beside the PCA than on all workers before it.
     def overlap_bytes(workers: int) -> int:
         pca = _pca_bytes(k, pca_batch, d, solver)
         return ingest_bytes(workers, segment_rows) + pca - PARENT_BASE_BYTES
 
-    overlap_workers = next((w for w in range(n_workers, 0, -1) if overlap_bytes(w) <= usable), 0)
+    overlap_workers = n_workers if n_workers and overlap_bytes(n_workers) <= usable else 0
     if overlap_workers:
         stage_bytes["ingest+pca"] = overlap_bytes(overlap_workers)
     return MemoryPlan(
