@@ -586,7 +586,9 @@ def decode_image(
         suffix = os.path.splitext(os.fsdecode(path))[1]
         kind = _sniff(head, suffix)
         name = _KIND_NAMES[kind]
-        hdr = _header(kind, fd, head, size)
+        hdr = (_png_plain_header(fd, head, size) if kind == "png" else None) or _header(
+            kind, fd, head, size
+        )
         pixels = hdr.width * hdr.height
         if pixels > max_pixels:
             raise DecodeError(
@@ -733,6 +735,39 @@ def _png_bound_header(head: bytes) -> _Header | None:
     hdr.bps = 2 if depth == 16 else 1
     hdr.interlaced = head[28] == 1
     return hdr
+
+
+# Chunks that cannot change how a PNG is shown (no orientation, no EXIF, no text that could
+# carry a raw EXIF profile), before the first IDAT.
+_PNG_PLAIN_CHUNKS = frozenset(
+    {b"PLTE", b"tRNS", b"gAMA", b"cHRM", b"sRGB", b"iCCP", b"sBIT", b"pHYs", b"bKGD", b"hIST",
+     b"tIME", b"sPLT"}
+)
+
+
+def _png_plain_header(fd: int, head: bytes, size: int) -> _Header | None:
+    """Header of a PNG that OpenCV decodes whole and that carries no orientation, or None.
+
+    Read from the chunk list without libvips (~10 us instead of ~0.4 ms, a third of decoding a
+    seed-sized image). Anything else (EXIF or text chunks, big or odd files) returns None and
+    goes through libvips' header as before.
+    """
+    if head[8:16] != b"\x00\x00\x00\x0dIHDR" or size > CV2_MAX_FILE_BYTES:
+        return None
+    hdr = _png_bound_header(head)
+    if hdr is None or not 1 <= hdr.width * hdr.height <= CV2_MAX_PIXELS:
+        return None
+    offset = 33  # signature, IHDR length, type, 13 bytes of data and CRC
+    for _ in range(64):
+        chunk = os.pread(fd, 8, offset)
+        if len(chunk) < 8:
+            return None
+        if chunk[4:] == b"IDAT":
+            return hdr
+        if chunk[4:] not in _PNG_PLAIN_CHUNKS:
+            return None
+        offset += 12 + struct.unpack(">I", chunk[:4])[0]
+    return None
 
 
 def _jpeg_bound_header(fd: int) -> _Header | None:

@@ -531,6 +531,32 @@ def test_decode_cost_bound_never_below_decode_estimate(
     assert result.shape == (out[1], out[0])
 
 
+def test_decode_image_plain_png_skips_libvips_header(
+    tmp_path: Path, hostile: tuple[Path, dict[str, str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Check that a small PNG without EXIF/text chunks is read without libvips' header.
+
+    A PNG with an eXIf chunk (orientation) still goes through libvips and comes out rotated.
+    """
+    plain = _write_png(tmp_path / "plain.png", gradient_rgb(60, 40))
+    expected = decode_image(plain, W, H)
+    calls: list[str] = []
+    real = decode_mod._vips_header
+
+    def spy(kind: str, fd: int) -> object:
+        calls.append(kind)
+        return real(kind, fd)
+
+    monkeypatch.setattr(decode_mod, "_vips_header", spy)
+    assert np.array_equal(decode_image(plain, W, H), expected)
+    assert calls == []
+    root, _ = hostile
+    rotated = decode_image(os.path.join(root, "exif_rot6.png"), W, H)
+    assert calls == ["png"]
+    monkeypatch.undo()
+    assert np.array_equal(rotated, decode_image(os.path.join(root, "exif_rot6.png"), W, H))
+
+
 def test_decode_image_one_pixel_through_libvips(tmp_path: Path) -> None:
     """Check that a 1 x 1 grey TIFF (libvips path; pyvips returns it 0-d) decodes."""
     path = str(tmp_path / "dot.tif")
