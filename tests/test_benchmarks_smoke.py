@@ -221,3 +221,22 @@ def test_parse_time_v_reads_gnu_time_report() -> None:
     got = monitor.parse_time_v(text)
     assert got["Maximum resident set size (kbytes)"] == "2048"
     assert got["Command terminated by signal"] == "9"
+
+
+def test_pca_update_benchmark_runs_on_a_run_folder(corpus: Path, tmp_path: Path) -> None:
+    """Check that benchmarks.pca_update times both solvers on a finished run's pixel store."""
+    from stream_cluster import RunConfig, run
+
+    out = tmp_path / "run"
+    run(RunConfig(corpus, out, mem_budget=2**31, width=32, height=24, n_components=5, k=3,
+                  batch_size=10, checkpoint_seconds=0.0, workers=0))
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.pca_update", str(out), "--batch", "10",
+         "--components", "5"],
+        capture_output=True, text=True, check=True, timeout=120,
+        cwd=Path(__file__).resolve().parents[1],
+    )
+    got = json.loads(proc.stdout)
+    assert got["features"] == 32 * 24 and len(got["streaming_pca_s"]) == 3
+    assert got["sklearn_s"] > 0 and got["gemm_bound_s"] > 0
+    assert got["gram_update_flops"] == 768 * (10 * 10 + 4 * 5 * 10 + 2 * 5 * 5)
