@@ -401,8 +401,9 @@ class StreamingPCA:
         # at least half its rows keeps directions near its rank, measured below _FAST_RTOL.
         exact = m * m * d <= _FLOAT64_FLOPS or (first and 2 * k >= n)
 
-        # Pass 1: statistics, centring, and the Gram matrix from float32 GEMMs summed in float64.
-        G = np.zeros((m, m), dtype=_F64)
+        # Pass 1: statistics, centring, and the Gram matrix from float32 GEMMs summed in float64
+        # (the float64 route builds its own after the pass).
+        G = np.zeros((0, 0) if exact else (m, m), dtype=_F64)
 
         def stats(span: tuple[int, int]) -> None:
             self._stats_and_centre(X, *span, n_seen, mean, var, corr)
