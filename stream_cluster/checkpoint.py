@@ -13,7 +13,8 @@ import json
 import logging
 import os
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ import numpy as np
 from .errors import RunLockedError, StoreError
 from .store import atomic_write_bytes, write_h5_atomically
 
-__all__ = ["RunLock", "RunState", "load_arrays", "save_arrays"]
+__all__ = ["RunLock", "RunState", "load_arrays", "open_arrays", "save_arrays"]
 
 logger = logging.getLogger(__name__)
 
@@ -49,17 +50,30 @@ def save_arrays(path: Path, arrays: Mapping[str, np.ndarray], meta: Mapping[str,
     write_h5_atomically(Path(path), fill)
 
 
-def load_arrays(
+@contextmanager
+def open_arrays(
     path: Path, required: Iterable[str] = ()
-) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """Load what :func:`save_arrays` wrote; reject anything that is not plain numeric data."""
+) -> Iterator[tuple[dict[str, h5py.Dataset], dict[str, Any]]]:
+    """Open what :func:`save_arrays` wrote without reading it: validated datasets + metadata.
+
+    Only plain numeric (or fixed-length byte-string) datasets are accepted, as in
+    :func:`load_arrays`; the datasets are valid inside the ``with`` block. Reading a large array
+    from them costs one copy instead of ``load_arrays``'s read plus the caller's copy.
+    """
     path = Path(path)
     try:
-        with h5py.File(path, "r") as f:
+        f = h5py.File(path, "r")
+    except (OSError, ValueError) as exc:
+        raise StoreError(
+            f"Checkpoint {path} is unreadable ({exc}). Delete it to redo that stage, "
+            f"or rerun with --fresh."
+        ) from exc
+    with f:
+        try:
             if f.attrs.get("format") != _FORMAT or f.attrs.get("complete") != 1:
                 raise StoreError(f"{path} is not a complete stream-cluster checkpoint")
             meta = json.loads(f.attrs["meta"])
-            arrays: dict[str, np.ndarray] = {}
+            arrays: dict[str, h5py.Dataset] = {}
             for name, ds in f.items():
                 if not isinstance(ds, h5py.Dataset) or ds.dtype.kind not in "biufS":
                     raise StoreError(
@@ -67,18 +81,34 @@ def load_arrays(
                         f"({getattr(ds, 'dtype', ds)}); "
                         f"the checkpoint was tampered with or comes from another program"
                     )
-                arrays[name] = ds[()]
-    except (OSError, KeyError, ValueError, TypeError) as exc:
-        raise StoreError(
-            f"Checkpoint {path} is unreadable ({exc}). Delete it to redo that stage, "
-            f"or rerun with --fresh."
-        ) from exc
-    missing = [k for k in required if k not in arrays]
-    if missing:
-        raise StoreError(f"Checkpoint {path} lacks {', '.join(missing)}; delete it or use --fresh")
-    if not isinstance(meta, dict):
-        raise StoreError(f"Checkpoint {path} metadata is not a JSON object")
-    return arrays, meta
+                arrays[name] = ds
+        except (OSError, KeyError, ValueError, TypeError) as exc:
+            raise StoreError(
+                f"Checkpoint {path} is unreadable ({exc}). Delete it to redo that stage, "
+                f"or rerun with --fresh."
+            ) from exc
+        missing = [k for k in required if k not in arrays]
+        if missing:
+            raise StoreError(
+                f"Checkpoint {path} lacks {', '.join(missing)}; delete it or use --fresh"
+            )
+        if not isinstance(meta, dict):
+            raise StoreError(f"Checkpoint {path} metadata is not a JSON object")
+        yield arrays, meta
+
+
+def load_arrays(
+    path: Path, required: Iterable[str] = ()
+) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Load what :func:`save_arrays` wrote; reject anything that is not plain numeric data."""
+    with open_arrays(path, required) as (datasets, meta):
+        try:
+            return {name: ds[()] for name, ds in datasets.items()}, meta
+        except (OSError, ValueError, TypeError) as exc:
+            raise StoreError(
+                f"Checkpoint {path} is unreadable ({exc}). Delete it to redo that stage, "
+                f"or rerun with --fresh."
+            ) from exc
 
 
 class RunState:

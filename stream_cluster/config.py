@@ -219,7 +219,8 @@ class RunConfig:
         """The settings that decide a stage's result; a change in them invalidates the stage."""
         keys = {
             "ingest": ["width", "height", "follow_symlinks"],
-            "pca": ["n_components", "pca_solver", "seed"],
+            # The PCA is deterministic and takes no seed: --seed affects only k-means.
+            "pca": ["n_components", "pca_solver"],
             "elbow": ["k_range", "seed", "variance"],
             "cluster": ["k", "seed", "variance"],
         }[stage]

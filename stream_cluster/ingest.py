@@ -1,22 +1,17 @@
-"""Ingest stage: decode images in parallel worker processes into the pixel RowStore.
+"""Ingest stage: decode images, shard by shard on an executor, into the pixel RowStore.
 
-Workers are *spawned* (not forked) so each holds only its interpreter, the decoders and the
-image it is working on; a forked child would count the parent's pages in its RSS. Results come
-back in file order, so the store's row order is the sorted file order whatever the timing.
-A file that cannot be decoded is skipped with its reason; a decoder that kills its worker
-process is isolated by retrying its chunk one file at a time in a fresh pool.
+Files are decoded in chunks of :data:`CHUNK` on the :mod:`~stream_cluster.executor` the caller
+gives (local worker processes by default); results are put back in file order, so the store's
+row order is the given file order whatever the timing. A file that cannot be decoded is skipped
+with its reason; a chunk whose worker died is retried one file at a time, so only a file that
+really kills its decoder is skipped ("decoder crashed").
 """
 
 from __future__ import annotations
 
 import logging
-import multiprocessing
 import os
-import signal
-from collections import deque
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -25,35 +20,20 @@ import numpy as np
 
 from .decode import DECODE_MEMORY_CAP, decode_image
 from .errors import DecodeError
+from .executor import Executor, InlineExecutor, LocalExecutor
+from .stage import Progress, StageRecord
 from .store import RowStore
 
-__all__ = ["IngestProgress", "decode_many", "ingest"]
+__all__ = ["CHUNK", "IngestProgress", "decode_in_order", "decode_many", "ingest", "run_ingest"]
 
 logger = logging.getLogger(__name__)
 
+#: Files per decode task (one shard of the executor).
 CHUNK = 8
+#: Reason recorded for a file whose decoder killed its worker process.
+CRASHED = "decoder crashed: the worker process died on this file"
 
-
-def _init_worker(stderr_log: str | None = None, nice: int = 0) -> None:
-    # Ctrl-C goes to the whole process group; only the parent decides how to stop.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    if nice:
-        os.nice(nice)
-    if stderr_log is not None:
-        # libpng/libjpeg inside OpenCV print straight to fd 2 ("libpng error: ..."); keep those
-        # lines out of the progress bars but on record next to the run.
-        fd = os.open(stderr_log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-        os.dup2(fd, 2)
-        os.close(fd)
-    from threadpoolctl import threadpool_limits
-
-    threadpool_limits(1)
-    try:
-        import cv2
-
-        cv2.setNumThreads(1)
-    except ImportError:  # pragma: no cover - cv2 is a dependency
-        pass
+DecodeChunk = Callable[[str, Sequence[str], int, int], tuple[np.ndarray, list[str | None]]]
 
 
 def decode_many(
@@ -81,6 +61,57 @@ def decode_many(
 
 
 @dataclass(frozen=True)
+class _DecodeTask:
+    """One executor task: decode a chunk of files under ``root`` (picklable by reference)."""
+
+    decode_chunk: DecodeChunk
+    root: str
+    width: int
+    height: int
+
+    def __call__(self, files: Sequence[str]) -> tuple[np.ndarray, list[str | None]]:
+        return self.decode_chunk(self.root, files, self.width, self.height)
+
+
+def decode_in_order(
+    executor: Executor, task: _DecodeTask, chunks: Sequence[Sequence[str]]
+) -> Iterator[tuple[np.ndarray, list[str | None]]]:
+    """Decode ``chunks`` on ``executor`` and yield their results in the order given.
+
+    At most ``executor.max_in_flight`` chunks wait out of order (the executor's window), so
+    memory stays bounded whatever the timing.
+    """
+    held: dict[int, tuple[np.ndarray, list[str | None]]] = {}
+    nxt = 0
+    for res in executor.map_unordered(task, chunks, window=executor.max_in_flight):
+        if res.died is None:
+            assert res.value is not None
+            held[res.index] = res.value
+        else:
+            held[res.index] = _one_by_one(executor, task, res.shard)
+        while nxt in held:
+            yield held.pop(nxt)
+            nxt += 1
+
+
+def _one_by_one(
+    executor: Executor, task: _DecodeTask, chunk: Sequence[str]
+) -> tuple[np.ndarray, list[str | None]]:
+    """Decode a chunk whose worker died file by file; only files that kill a worker are lost."""
+    if len(chunk) == 1:
+        logger.warning("skipped %s: %s", chunk[0], CRASHED)
+        return np.full((1, task.width * task.height), 255, dtype=np.uint8), [CRASHED]
+    logger.warning("a decode worker died; decoding its chunk's %d files one by one", len(chunk))
+    rows = np.full((len(chunk), task.width * task.height), 255, dtype=np.uint8)
+    reasons: list[str | None] = [CRASHED] * len(chunk)
+    for res in executor.map_unordered(task, [[f] for f in chunk]):
+        if res.died is None and res.value is not None:
+            rows[res.index] = res.value[0][0]
+            reasons[res.index] = res.value[1][0]
+    return rows, reasons
+
+
+@dataclass(frozen=True)
 class IngestProgress:
     """Emitted after each store segment: files handled so far and the skips among them."""
 
@@ -88,107 +119,6 @@ class IngestProgress:
     n_segments: int
     rows: int
     skipped: list[tuple[str, str]]
-
-
-class _Decoder:
-    """Ordered, bounded-in-flight parallel map of :func:`decode_many` over chunks of files."""
-
-    def __init__(
-        self,
-        root: str,
-        width: int,
-        height: int,
-        workers: int,
-        stderr_log: str | None = None,
-        nice: int = 0,
-        decode_chunk: Callable[
-            [str, Sequence[str], int, int], tuple[np.ndarray, list[str | None]]
-        ] = decode_many,
-    ) -> None:
-        self.root, self.width, self.height, self.workers = root, width, height, workers
-        self.stderr_log = stderr_log
-        self.nice = nice
-        # A module-level function (workers are spawned and import it by name).
-        self.decode_chunk = decode_chunk
-        self.pool: ProcessPoolExecutor | None = None
-
-    def _new_pool(self, workers: int | None = None) -> ProcessPoolExecutor:
-        return ProcessPoolExecutor(
-            max_workers=workers or self.workers,
-            mp_context=multiprocessing.get_context("spawn"),
-            initializer=_init_worker,
-            initargs=(self.stderr_log, self.nice),
-        )
-
-    def close(self) -> None:
-        if self.pool is not None:
-            self.pool.shutdown(wait=True, cancel_futures=True)
-            self.pool = None
-
-    def _isolate(self, chunk: Sequence[str]) -> tuple[np.ndarray, list[str | None]]:
-        # The chunk broke a worker: retry file by file, each in a fresh single-worker pool.
-        rows = np.full((len(chunk), self.width * self.height), 255, dtype=np.uint8)
-        reasons: list[str | None] = []
-        for i, rel in enumerate(chunk):
-            with self._new_pool(1) as pool:
-                try:
-                    r, why = pool.submit(
-                        self.decode_chunk, self.root, [rel], self.width, self.height
-                    ).result()
-                    rows[i] = r[0]
-                    reasons.append(why[0])
-                except BrokenProcessPool:
-                    reasons.append("decoder crashed: the worker process died on this file")
-        return rows, reasons
-
-    def map(self, chunks: Sequence[Sequence[str]]) -> Iterator[tuple[np.ndarray, list[str | None]]]:
-        if self.workers == 0:
-            for chunk in chunks:
-                yield self.decode_chunk(self.root, chunk, self.width, self.height)
-            return
-        self.pool = self._new_pool()
-        pending: deque[tuple[Sequence[str], Future[tuple[np.ndarray, list[str | None]]]]] = deque()
-        it = iter(chunks)
-        try:
-            while True:
-                while len(pending) < 2 * self.workers:
-                    nxt = next(it, None)
-                    if nxt is None:
-                        break
-                    try:
-                        fut = self.pool.submit(
-                            self.decode_chunk, self.root, nxt, self.width, self.height
-                        )
-                    except BrokenProcessPool:
-                        self.pool = self._new_pool()
-                        fut = self.pool.submit(
-                            self.decode_chunk, self.root, nxt, self.width, self.height
-                        )
-                    pending.append((nxt, fut))
-                if not pending:
-                    return
-                chunk, fut = pending.popleft()
-                try:
-                    yield fut.result()
-                except BrokenProcessPool:
-                    logger.warning("a decode worker died; isolating the files of its chunk")
-                    yield self._isolate(chunk)
-                    # Every other in-flight chunk died with the pool: resubmit them in order.
-                    self.close()
-                    self.pool = self._new_pool()
-                    redo = [c for c, _ in pending]
-                    pending.clear()
-                    for c in redo:
-                        pending.append(
-                            (
-                                c,
-                                self.pool.submit(
-                                    self.decode_chunk, self.root, c, self.width, self.height
-                                ),
-                            )
-                        )
-        finally:
-            self.close()
 
 
 def ingest(
@@ -206,17 +136,20 @@ def ingest(
     stderr_log: Path | None = None,
     memory_cap: int = DECODE_MEMORY_CAP,
     nice: int = 0,
+    executor: Executor | None = None,
+    decode_chunk: DecodeChunk | None = None,
 ) -> Iterator[IngestProgress]:
     """Decode ``files[start_file:]`` into ``store``, one atomic segment at a time.
 
     Yields an :class:`IngestProgress` after every segment is durable; that is the resume point.
-    ``on_images(n)`` is called as decoded chunks arrive (for progress bars). Decoder messages
-    that worker processes print to stderr go to ``stderr_log`` when given.
+    ``on_images(n)`` is called as decoded chunks arrive (for progress bars). Without an
+    ``executor``, ``workers`` local processes at niceness ``nice`` decode (none: in this
+    process), their stderr going to ``stderr_log``; ``decode_chunk`` replaces
+    :func:`decode_many` (tests inject failures with it).
 
     Memory: ``segment_rows`` rows of uint8 in the parent, plus ``2 * workers`` chunks in flight,
     plus each worker's decode workspace (see :func:`stream_cluster.decode.decode_worker_bytes`),
     which ``memory_cap`` bounds: images whose modelled decode cost is higher are skipped.
-    Workers run at niceness ``nice`` (decoding beside the PCA uses only the CPU it leaves idle).
     """
     d = width * height
     skipped_all = list(skipped)
@@ -224,31 +157,89 @@ def ingest(
     buf = np.empty((segment_rows, d), dtype=np.uint8)
     names: list[bytes] = []
     next_file = start_file
-    decoder = _Decoder(
-        os.fspath(root),
-        width,
-        height,
-        workers,
-        None if stderr_log is None else os.fspath(stderr_log),
-        nice=nice,
-        decode_chunk=partial(decode_many, memory_cap=memory_cap),
-    )
-    for chunk, (rows, reasons) in zip(chunks, decoder.map(chunks)):
-        for rel, row, why in zip(chunk, rows, reasons):
-            if why is None:
-                buf[len(names)] = row
-                names.append(os.fsencode(rel))
-            else:
-                logger.warning("skipped %s: %s", rel, why)
-                skipped_all.append((rel, why))
-        next_file += len(chunk)
-        if on_images is not None:
-            on_images(len(chunk))
-        # Segments close on chunk boundaries so the resume point is a file index.
-        if len(names) + CHUNK > segment_rows or next_file == len(files):
-            if names:
-                store.append(buf[: len(names)], names)
-                names = []
-            yield IngestProgress(next_file, store.n_segments, len(store), list(skipped_all))
+    fn = decode_chunk or partial(decode_many, memory_cap=memory_cap)
+    task = _DecodeTask(fn, os.fspath(root), width, height)
+    own = executor is None
+    if executor is None:
+        log = None if stderr_log is None else os.fspath(stderr_log)
+        executor = (
+            LocalExecutor(workers, nice=nice, stderr_log=log) if workers else InlineExecutor()
+        )
+    try:
+        for chunk, (rows, reasons) in zip(chunks, decode_in_order(executor, task, chunks)):
+            for rel, row, why in zip(chunk, rows, reasons):
+                if why is None:
+                    buf[len(names)] = row
+                    names.append(os.fsencode(rel))
+                else:
+                    logger.warning("skipped %s: %s", rel, why)
+                    skipped_all.append((rel, why))
+            next_file += len(chunk)
+            if on_images is not None:
+                on_images(len(chunk))
+            # Segments close on chunk boundaries so the resume point is a file index.
+            if len(names) + CHUNK > segment_rows or next_file == len(files):
+                if names:
+                    store.append(buf[: len(names)], names)
+                    names = []
+                yield IngestProgress(next_file, store.n_segments, len(store), list(skipped_all))
+    finally:
+        if own:
+            executor.close()
     if next_file != len(files) or start_file == len(files):
         yield IngestProgress(next_file, store.n_segments, len(store), list(skipped_all))
+
+
+def run_ingest(
+    record: StageRecord,
+    root: Path,
+    files: Sequence[str],
+    pixels: RowStore,
+    *,
+    width: int,
+    height: int,
+    workers: int,
+    segment_rows: int,
+    memory_cap: int,
+    prior_skipped: Sequence[tuple[str, str]] = (),
+    stderr_log: Path | None = None,
+    nice: int = 0,
+) -> Generator[Progress, None, list[tuple[str, str]]]:
+    """The ingest stage: decode ``files`` (in processing order) into ``pixels``, resumably.
+
+    Resumes at the record's ``next_file`` with its ``segments`` (later ones, written before a
+    kill, are dropped). ``prior_skipped`` (e.g. the scan's skips) count in the progress.
+    Returns every file skipped while decoding, with its reason.
+    """
+    skipped = [(str(a), str(b)) for a, b in record.get("skipped", [])]
+    total = len(files)
+    if record.done:
+        return skipped
+    pixels.truncate_segments(int(record.get("segments", 0)))
+    start = int(record.get("next_file", 0))
+    yield Progress("ingest", start, total, skipped=len(prior_skipped) + len(skipped))
+    for prog in ingest(
+        root,
+        files,
+        pixels,
+        width=width,
+        height=height,
+        workers=workers,
+        segment_rows=segment_rows,
+        start_file=start,
+        skipped=skipped,
+        stderr_log=stderr_log,
+        memory_cap=memory_cap,
+        nice=nice,
+    ):
+        skipped = prog.skipped
+        record.update(
+            next_file=prog.next_file,
+            segments=prog.n_segments,
+            skipped=[list(s) for s in skipped],
+        )
+        yield Progress(
+            "ingest", prog.next_file, total, skipped=len(prior_skipped) + len(skipped)
+        )
+    record.update(done=True, rows=len(pixels))
+    return skipped

@@ -1,31 +1,35 @@
-"""What a person looks at: variance, elbow and memory plots, and the index.html page."""
+"""The report stage: labels in, what a person looks at out (plots, montages, index.html).
+
+:func:`write_report` draws the variance and elbow plots (:mod:`stream_cluster.plots`), one
+montage per cluster of the images nearest its centre (:mod:`stream_cluster.montage`) and the
+``index.html`` page that shows them with the run's figures and every skipped file.
+"""
 
 from __future__ import annotations
 
-import csv
 import html
 import logging
-import math
 import os
 import urllib.parse
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Generator, Mapping, Sequence
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
-from matplotlib import font_manager
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
 
-from stream_cluster.errors import ConfigError, StoreError
-from stream_cluster.montage import MontageLayout, display_name, montage_layout, write_montage
+from .config import RunConfig, format_bytes
+from .kmeans import KMeansResult
+from .montage import MontageLayout, display_name, montage_layout, write_montage
+from .plots import MEMORY_CSV_HEADER, plot_elbow, plot_memory_timeline, plot_variance
+from .stage import Progress
+from .store import RowStore, atomic_write_bytes
 
 __all__ = [
-    "ClusterSummary",
     "MEMORY_CSV_HEADER",
+    "ClusterSummary",
     "MontageLayout",
+    "ReportInputs",
+    "report_summary",
     "display_name",
     "montage_layout",
     "plot_elbow",
@@ -33,369 +37,10 @@ __all__ = [
     "plot_variance",
     "write_index_html",
     "write_montage",
+    "write_report",
 ]
 
 logger = logging.getLogger(__name__)
-
-#: Header of the memory samples CSV read by :func:`plot_memory_timeline`.
-MEMORY_CSV_HEADER = ("t_s", "rss_bytes", "stage")
-
-_DPI = 100  # every figure is drawn at 100 dpi, so figsize * 100 is the PNG size in pixels
-_PLOT_SIZE = (8.0, 5.0)  # inches: 800 x 500 px plots
-_GIB = float(1 << 30)
-
-
-# --------------------------------------------------------------------------------------------
-# Text for matplotlib
-# --------------------------------------------------------------------------------------------
-
-
-@lru_cache(maxsize=8)
-def _charmap(size: float) -> frozenset[int]:
-    """Code points the default matplotlib font can draw (read, never change, rcParams)."""
-    path = font_manager.findfont(font_manager.FontProperties(size=size))
-    return frozenset(font_manager.get_font(path).get_charmap())
-
-
-def _drawable(text: str, size: float) -> str:
-    """Return ``display_name(text)`` with characters the font lacks replaced by '?'.
-
-    matplotlib would draw an empty box and warn for each missing glyph (e.g. Japanese with
-    the bundled DejaVu Sans); the HTML report keeps the real name.
-    """
-    shown = display_name(text)
-    cmap = _charmap(size)
-    return "".join(ch if ord(ch) in cmap or ch == " " else "?" for ch in shown)
-
-
-def _write_atomic(out: Path, write: Callable[[Path], object]) -> None:
-    """Call ``write`` on ``out.partial``, then rename it to ``out``; never leave a partial."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    partial = out.with_name(out.name + ".partial")
-    try:
-        write(partial)
-        os.replace(partial, out)
-    finally:
-        partial.unlink(missing_ok=True)
-
-
-def _save(fig: Figure, out: Path) -> None:
-    """Render ``fig`` to PNG at ``out`` through a ``.partial`` file and an atomic rename."""
-    FigureCanvasAgg(fig)  # attach an Agg canvas explicitly; pyplot is never involved
-    _write_atomic(
-        out, lambda p: fig.savefig(p, format="png", dpi=_DPI, metadata={"Software": None})
-    )
-
-
-def _plot_figure() -> Figure:
-    return Figure(figsize=_PLOT_SIZE, dpi=_DPI, layout="constrained")
-
-
-# --------------------------------------------------------------------------------------------
-# Plots
-# --------------------------------------------------------------------------------------------
-
-
-def plot_variance(
-    explained_variance_ratio: np.ndarray,
-    out: Path,
-    *,
-    n_kept: int,
-    target: float | None = None,
-) -> None:
-    """Plot cumulative explained variance against the number of PCA components.
-
-    The kept number of components is marked, the target (if any) is drawn as a horizontal
-    line, and the title states the cumulative value at ``n_kept``.
-
-    Parameters
-    ----------
-    explained_variance_ratio : numpy.ndarray
-        1-D, finite, non-negative ratios of the fitted components, largest first.
-    out : pathlib.Path
-        PNG to write (800 x 500 px); written atomically, parent folders created.
-    n_kept : int
-        Number of components kept, 1 <= n_kept <= len(explained_variance_ratio).
-    target : float, optional
-        Cumulative variance the user asked for, in (0, 1].
-
-    Raises
-    ------
-    ConfigError
-        If the ratios are empty, not 1-D, not finite or negative, or ``n_kept`` or
-        ``target`` is out of range.
-    """
-    evr = np.asarray(explained_variance_ratio, dtype=np.float64)
-    if evr.ndim != 1 or evr.size == 0:
-        raise ConfigError(
-            f"explained_variance_ratio must be a non-empty 1-D array. Got shape {evr.shape} "
-            "instead."
-        )
-    if not np.all(np.isfinite(evr)) or np.any(evr < 0):
-        raise ConfigError(
-            "explained_variance_ratio must be finite and >= 0. Got min "
-            f"{np.nanmin(evr) if not np.all(np.isnan(evr)) else float('nan')!r} "
-            f"({int(np.count_nonzero(~np.isfinite(evr)))} non-finite values) instead."
-        )
-    if isinstance(n_kept, bool) or not isinstance(n_kept, int | np.integer):
-        raise ConfigError(f"n_kept must be an integer. Got {n_kept!r} instead.")
-    if not 1 <= n_kept <= evr.size:
-        raise ConfigError(
-            f"n_kept must be in [1, {evr.size}] (the number of fitted components). "
-            f"Got {n_kept} instead."
-        )
-    if target is not None and not (math.isfinite(target) and 0.0 < target <= 1.0):
-        raise ConfigError(f"target must be in (0, 1]. Got {target!r} instead.")
-
-    cumulative = np.cumsum(evr)
-    x = np.arange(1, evr.size + 1)
-    at_kept = float(cumulative[n_kept - 1])
-
-    fig = _plot_figure()
-    ax = fig.add_subplot()
-    ax.plot(x, cumulative * 100.0, color="tab:blue", linewidth=1.8, label="cumulative")
-    ax.axvline(n_kept, color="tab:red", linestyle="--", linewidth=1.2,
-               label=f"kept: {n_kept} components")
-    ax.plot([n_kept], [at_kept * 100.0], "o", color="tab:red", markersize=6)
-    if target is not None:
-        ax.axhline(target * 100.0, color="tab:green", linestyle=":", linewidth=1.4,
-                   label=f"target: {target * 100:.1f} %")
-    ax.set_xlabel("number of principal components")
-    ax.set_ylabel("cumulative explained variance (%)")
-    ax.set_xlim(0.5, evr.size + 0.5)
-    top = max(float(cumulative[-1]), target or 0.0) * 100.0
-    ax.set_ylim(0.0, min(100.0, top * 1.08) if top > 0 else 1.0)
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.grid(True, alpha=0.3)
-    ax.legend(loc="lower right")
-    ax.set_title(
-        f"Explained variance: {at_kept * 100:.1f} % with {n_kept} of {evr.size} components"
-    )
-    _save(fig, out)
-
-
-def plot_elbow(
-    ks: Sequence[int],
-    inertias: Sequence[float],
-    out: Path,
-    *,
-    chosen_k: int | None,
-    method: str = "",
-) -> None:
-    """Plot k-means inertia against k with the chosen k marked and annotated.
-
-    Parameters
-    ----------
-    ks : sequence of int
-        Swept values of k (at least one, same length as ``inertias``).
-    inertias : sequence of float
-        Finite inertia per k.
-    out : pathlib.Path
-        PNG to write (800 x 500 px); written atomically, parent folders created.
-    chosen_k : int or None
-        The k used, normally one of ``ks`` (a fixed k outside the sweep is marked by a
-        vertical line only); None writes "no clear knee" on the plot.
-    method : str, default=""
-        How k was chosen (e.g. ``KneeResult.method``), shown next to the mark; unused
-        when ``chosen_k`` is None.
-
-    Raises
-    ------
-    ConfigError
-        If lengths differ, nothing is given or an inertia is not finite.
-    """
-    ks_list = [int(k) for k in ks]
-    ys = np.asarray(list(inertias), dtype=np.float64)
-    if len(ks_list) == 0 or len(ks_list) != ys.size:
-        raise ConfigError(
-            f"ks and inertias must be non-empty and of the same length. Got {len(ks_list)} "
-            f"ks and {ys.size} inertias instead."
-        )
-    if not np.all(np.isfinite(ys)):
-        raise ConfigError(f"inertias must be finite. Got {ys.tolist()!r} instead.")
-
-    fig = _plot_figure()
-    ax = fig.add_subplot()
-    ax.plot(ks_list, ys, "o-", color="tab:blue", linewidth=1.6, markersize=5)
-    ax.set_xlabel("number of clusters k")
-    ax.set_ylabel("inertia (sum of squared distances to centres)")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.grid(True, alpha=0.3)
-    how = f" ({_drawable(method, 10.0)})" if method else ""
-    if chosen_k is not None:
-        ax.axvline(chosen_k, color="tab:red", linestyle="--", linewidth=1.0, alpha=0.7)
-        if chosen_k in ks_list:
-            y_k = float(ys[ks_list.index(chosen_k)])
-            ax.plot([chosen_k], [y_k], "o", markersize=13, markerfacecolor="none",
-                    markeredgecolor="tab:red", markeredgewidth=2.0)
-        else:  # a fixed k outside the sweep: mark it on the axis, nothing to circle
-            y_k = float(ys.min())
-            how += ", not in the sweep"
-            ax.set_xlim(min(ks_list[0], chosen_k) - 0.5, max(ks_list[-1], chosen_k) + 0.5)
-        # put the label on the side with more room so it never leaves the axes
-        right = chosen_k <= (min(ks_list) + max(ks_list)) / 2
-        ax.annotate(
-            f"k = {chosen_k}{how}", xy=(chosen_k, y_k),
-            xytext=(30 if right else -30, 30), textcoords="offset points",
-            ha="left" if right else "right", fontsize=11, color="tab:red",
-            arrowprops={"arrowstyle": "->", "color": "tab:red"},
-            bbox={"boxstyle": "round", "fc": "white", "ec": "tab:red", "alpha": 0.9},
-        ).set_parse_math(False)
-        ax.set_title(f"Elbow: inertia vs k — chosen k = {chosen_k}{how}")
-    else:
-        # top right is empty on a decreasing curve
-        ax.text(0.97, 0.95, "no clear knee", transform=ax.transAxes, ha="right",
-                va="top", fontsize=16, color="tab:red",
-                bbox={"boxstyle": "round", "fc": "white", "ec": "tab:red", "alpha": 0.9},
-                parse_math=False)
-        ax.set_title("Elbow: inertia vs k — no clear knee")
-    ax.title.set_parse_math(False)
-    _save(fig, out)
-
-
-def _read_memory_csv(samples_csv: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """Read (t_s, rss_bytes, stage) rows; skip malformed rows (a killed run tears the last)."""
-    times: list[float] = []
-    rss: list[float] = []
-    stages: list[str] = []
-    bad = 0
-    with open(samples_csv, newline="", encoding="utf-8", errors="surrogateescape") as fh:
-        reader = csv.reader(fh)
-        header = next(reader, None)
-        if header is None or tuple(h.strip() for h in header) != MEMORY_CSV_HEADER:
-            raise StoreError(
-                f"{display_name(str(samples_csv))} is not a memory samples CSV: the header "
-                f"must be {','.join(MEMORY_CSV_HEADER)!r}. Got {header!r} instead."
-            )
-        for row in reader:
-            try:
-                t, r = float(row[0]), float(row[1])
-                stage = row[2]
-            except (IndexError, ValueError):
-                bad += 1
-                continue
-            if not (math.isfinite(t) and math.isfinite(r)) or len(row) != 3:
-                bad += 1
-                continue
-            times.append(t)
-            rss.append(r)
-            stages.append(stage)
-    if bad:
-        logger.warning("%s: skipped %d malformed memory samples", samples_csv, bad)
-    return np.asarray(times), np.asarray(rss), stages
-
-
-def _stage_runs(times: np.ndarray, stages: list[str]) -> list[tuple[str, float, float]]:
-    """Group consecutive samples of one stage into (stage, start, end) spans."""
-    runs: list[tuple[str, float, float]] = []
-    start = 0
-    for i in range(1, len(stages) + 1):
-        if i == len(stages) or stages[i] != stages[start]:
-            # a span lasts until the next stage's first sample, so spans tile the time axis
-            end = float(times[i]) if i < len(stages) else float(times[-1])
-            runs.append((stages[start], float(times[start]), end))
-            start = i
-    return runs
-
-
-def plot_memory_timeline(
-    samples_csv: Path, out: Path, *, budget_bytes: int | None = None
-) -> None:
-    """Plot resident memory (GiB) over time with pipeline stages shaded and the budget line.
-
-    Parameters
-    ----------
-    samples_csv : pathlib.Path
-        CSV with header ``t_s,rss_bytes,stage``: seconds since start, RSS of the whole
-        process tree in bytes, and the stage running at that sample. Malformed rows (such
-        as a last line torn by a kill) are skipped with a warning.
-    out : pathlib.Path
-        PNG to write (800 x 500 px); written atomically, parent folders created.
-    budget_bytes : int, optional
-        The user's memory budget, drawn as a horizontal line.
-
-    Raises
-    ------
-    StoreError
-        If the file does not start with the expected header.
-    ConfigError
-        If ``budget_bytes`` is not a positive integer.
-
-    Notes
-    -----
-    Holds the samples in memory: about 50 bytes per sample, so a 10-hour run sampled
-    every 0.1 s (360,000 samples) costs about 20 MB.
-    """
-    if budget_bytes is not None and (
-        isinstance(budget_bytes, bool) or not isinstance(budget_bytes, int | np.integer)
-        or budget_bytes <= 0
-    ):
-        raise ConfigError(f"budget_bytes must be a positive integer. Got {budget_bytes!r} instead.")
-    times, rss, stages = _read_memory_csv(Path(samples_csv))
-
-    fig = _plot_figure()
-    ax = fig.add_subplot()
-    ax.set_xlabel("time since start (s)")
-    ax.set_ylabel("resident memory of process tree (GiB)")
-    ax.grid(True, alpha=0.3)
-    budget_gib = None if budget_bytes is None else budget_bytes / _GIB
-    if budget_gib is not None:
-        ax.axhline(budget_gib, color="tab:red", linestyle="--", linewidth=1.4,
-                   label=f"budget {budget_gib:.2f} GiB")
-
-    if times.size == 0:
-        ax.text(0.5, 0.5, "no memory samples recorded", transform=ax.transAxes,
-                ha="center", va="center", fontsize=14)
-        ax.set_title("Memory over time")
-        if budget_gib is not None:
-            ax.set_ylim(0.0, budget_gib * 1.15)
-            ax.legend(loc="lower right")
-        _save(fig, out)
-        return
-
-    order = np.argsort(times, kind="stable")
-    times, rss = times[order], rss[order]
-    stages = [stages[i] for i in order]
-    gib = rss / _GIB
-    span = float(times[-1] - times[0]) or 1.0
-
-    colours: dict[str, str] = {}
-    palette = ["tab:blue", "tab:orange", "tab:green", "tab:purple", "tab:brown", "tab:pink",
-               "tab:olive", "tab:cyan", "tab:gray"]
-    for name, start, end in _stage_runs(times, stages):
-        first = name not in colours
-        if first:
-            colours[name] = palette[len(colours) % len(palette)]
-        label = _drawable(name, 9.0) if first else None
-        ax.axvspan(start, end, color=colours[name], alpha=0.13, linewidth=0, label=label)
-        if (end - start) / span >= 0.08:
-            ax.text((start + end) / 2, 0.985, _drawable(name, 9.0),
-                    transform=ax.get_xaxis_transform(), ha="center", va="top", fontsize=9,
-                    color="0.25", clip_on=True, parse_math=False)
-
-    ax.plot(times, gib, color="black", linewidth=1.2, label="RSS")
-    peak_i = int(np.argmax(gib))
-    peak = float(gib[peak_i])
-    ax.plot([times[peak_i]], [peak], "v", color="tab:red", markersize=8)
-    ax.annotate(f"peak {peak:.2f} GiB", xy=(times[peak_i], peak), xytext=(0, 8),
-                textcoords="offset points", ha="center", fontsize=9, color="tab:red")
-    ax.set_xlim(float(times[0]), float(times[-1]) if times[-1] > times[0] else times[0] + 1.0)
-    top = max(peak, budget_gib or 0.0)
-    ax.set_ylim(0.0, top * 1.18 if top > 0 else 1.0)
-
-    legend = ax.legend(loc="lower right", fontsize=8, ncols=2, framealpha=0.9)
-    for text in legend.get_texts():
-        text.set_parse_math(False)
-    if budget_gib is None:
-        title = f"Memory over time: peak {peak:.2f} GiB"
-    else:
-        verdict = "within" if peak <= budget_gib else "OVER"
-        title = (f"Memory over time: peak {peak:.2f} GiB, {verdict} the budget of "
-                 f"{budget_gib:.2f} GiB")
-    ax.set_title(title)
-    _save(fig, out)
-
 
 # --------------------------------------------------------------------------------------------
 # index.html
@@ -574,4 +219,114 @@ def write_index_html(
     parts.extend(["</body>", "</html>", ""])
 
     data = "\n".join(parts).encode("utf-8")  # strict: display_name removed all surrogates
-    _write_atomic(out, lambda p: p.write_bytes(data))
+    atomic_write_bytes(Path(out), data)
+
+
+@dataclass(frozen=True)
+class ReportInputs:
+    """What the report shows besides the stores and labels (settings and run figures)."""
+
+    title: str
+    summary: Mapping[str, str]
+    width: int
+    height: int
+    explained_variance_ratio: Sequence[float]
+    n_keep: int
+    variance_target: float | None
+    elbow: Mapping[int, float]
+    elbow_k: int | None
+    knee_method: str
+    montage_images: int
+    memory_csv: Path | None = None
+    budget: int = 0
+
+
+def write_report(
+    out_dir: Path,
+    pixels: RowStore,
+    names: Sequence[str],
+    km: KMeansResult,
+    skipped: Sequence[tuple[str, str]],
+    info: ReportInputs,
+) -> Generator[Progress, None, None]:
+    """The report stage: plots, a montage per cluster and ``index.html`` in ``out_dir``.
+
+    Memory: one montage's images (``montage_images`` rows) at a time.
+    """
+    plot_variance(
+        np.asarray(info.explained_variance_ratio),
+        out_dir / "variance.png",
+        n_kept=info.n_keep,
+        target=info.variance_target,
+    )
+    images = {"Cumulative explained variance": "variance.png"}
+    if info.elbow and len(info.elbow) >= 3:
+        ks = sorted(info.elbow)
+        plot_elbow(
+            ks,
+            [info.elbow[x] for x in ks],
+            out_dir / "elbow.png",
+            chosen_k=info.elbow_k,
+            method=info.knee_method,
+        )
+        images["Elbow: inertia vs k"] = "elbow.png"
+    (out_dir / "montages").mkdir(exist_ok=True)
+    k = len(km.centers)
+    clusters = []
+    sizes = np.bincount(km.labels, minlength=k)
+    for c in range(k):
+        members = np.nonzero(km.labels == c)[0]
+        order = members[np.argsort(km.sq_distances[members], kind="stable")]
+        shown = order[: info.montage_images]
+        rel = f"montages/cluster-{c:03d}.png"
+        if len(shown):
+            rows = pixels.read_rows(shown.tolist())
+            write_montage(
+                [r.reshape(info.height, info.width) for r in rows],
+                out_dir / rel,
+                title=f"cluster {c} - {sizes[c]} images (showing {len(shown)} nearest the centre)",
+                captions=[os.path.basename(names[i]) for i in shown],
+            )
+        clusters.append(
+            ClusterSummary(
+                cluster=c, size=int(sizes[c]), montage=rel, examples=[names[i] for i in shown]
+            )
+        )
+        yield Progress("report", c + 1, k, "clusters")
+    if info.memory_csv is not None and info.memory_csv.exists():
+        plot_memory_timeline(info.memory_csv, out_dir / "memory.png", budget_bytes=info.budget)
+        images["Memory timeline (RSS of the process tree)"] = "memory.png"
+    write_index_html(
+        out_dir / "index.html",
+        title=info.title,
+        summary=info.summary,
+        clusters=clusters,
+        skipped=skipped,
+        images=images,
+    )
+
+
+def report_summary(
+    config: RunConfig,
+    *,
+    n_images: int,
+    n_skipped: int,
+    n_keep: int,
+    ev: float,
+    k: int,
+    at_knee: bool,
+    inertia: float,
+    peak: int,
+) -> dict[str, str]:
+    """The key/value table at the top of the report."""
+    return {
+        "input folder": os.fsdecode(config.input_dir),
+        "images clustered": str(n_images),
+        "images skipped": str(n_skipped),
+        "size": f"{config.width}x{config.height}",
+        "PCA components": f"{n_keep} (explained variance {ev:.4f})",
+        "k": f"{k}" + (" (chosen at the elbow)" if at_knee else ""),
+        "inertia (sum of squared distances)": f"{inertia:.6g}",
+        "memory budget": format_bytes(config.mem_budget),
+        "peak RSS (process tree)": format_bytes(peak),
+    }

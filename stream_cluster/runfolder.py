@@ -14,9 +14,18 @@ from typing import Any
 
 from .checkpoint import RunState
 from .config import RunConfig, format_bytes
-from .errors import CheckpointMismatchError, ConfigError, DiskFullError
+from .errors import CheckpointMismatchError, ConfigError, DiskFullError, InputError
+from .stage import same_key
 
-__all__ = ["RUN_FILES", "check_disk", "check_inputs", "check_settings", "prepare_out_dir"]
+__all__ = [
+    "RUN_FILES",
+    "check_counts",
+    "check_decoded",
+    "check_disk",
+    "check_inputs",
+    "check_settings",
+    "prepare_out_dir",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -29,6 +38,7 @@ RUN_FILES = (
     "pca-checkpoint.h5",
     "pca.h5",
     "kmeans.h5",
+    "model.h5",
     "labels.csv",
     "skipped.csv",
     "run.json",
@@ -80,7 +90,7 @@ def check_settings(state: RunState, config: RunConfig) -> None:
     """Refuse to mix expensive stages made with other settings; reset cheap ones."""
     for stage in ("ingest", "pca"):
         rec = state.stage(stage)
-        if rec and rec.get("key") != config.stage_key(stage):
+        if rec and not same_key(rec.get("key"), config.stage_key(stage)):
             raise CheckpointMismatchError(
                 f"The run folder {config.out_dir} was made with other {stage} settings "
                 f"({_differences(rec.get('key') or {}, config.stage_key(stage))}). Rerun with "
@@ -127,4 +137,41 @@ def check_disk(out: Path, need: int) -> None:
         raise DiskFullError(
             f"The output folder {out} has {format_bytes(free)} free but this run needs about "
             f"{format_bytes(need)}. Free space or choose another --out, then rerun."
+        )
+
+
+def check_counts(config: RunConfig, n_files: int) -> None:
+    """Refuse, before any decoding, a folder with no images or too few for the settings."""
+    if not n_files:
+        raise InputError(
+            f"No images found in {config.input_dir} (looked recursively for .png .jpg .jpeg "
+            f".bmp .tif .tiff .webp .gif; hidden files are ignored). Point to a folder of images."
+        )
+    if n_files < config.n_components:
+        raise InputError(
+            f"{config.input_dir} has {n_files} images but --components is "
+            f"{config.n_components}: PCA needs at least as many images as components. Use "
+            f"--components {n_files} or fewer, or add images."
+        )
+    if config.k is not None and config.k > n_files:
+        raise InputError(
+            f"--k {config.k} is larger than the number of images ({n_files}). Use a smaller --k."
+        )
+
+
+def check_decoded(
+    config: RunConfig, n: int, n_files: int, skipped: list[tuple[str, str]]
+) -> None:
+    """Stop when too few images decoded for the PCA, or any was skipped under ``--strict``."""
+    out = config.out_dir
+    if n < config.n_components:
+        raise InputError(
+            f"Only {n} of {n_files} images could be decoded ({len(skipped)} skipped, "
+            f"see {out / 'skipped.csv'}), fewer than --components {config.n_components}. "
+            f"Use --components {max(n, 1)} or fewer."
+        )
+    if config.strict and skipped:
+        raise InputError(
+            f"--strict: {len(skipped)} image(s) could not be used, e.g. "
+            f"{skipped[0][0]!r}: {skipped[0][1]}. See {out / 'skipped.csv'}."
         )

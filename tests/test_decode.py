@@ -25,7 +25,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from stream_cluster import decode as decode_mod
+from stream_cluster import headers as headers_mod
 from stream_cluster.decode import (
     DECODE_MEMORY_CAP,
     decode_cost_bound,
@@ -62,7 +62,7 @@ def hostile(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, s
 @pytest.fixture()
 def vips_only(monkeypatch: pytest.MonkeyPatch) -> None:
     """Route every PNG/JPEG through the libvips path."""
-    monkeypatch.setattr(decode_mod, "CV2_MAX_PIXELS", 0)
+    monkeypatch.setattr(headers_mod, "CV2_MAX_PIXELS", 0)
 
 
 def _write_png(path: Path, arr: np.ndarray) -> Path:
@@ -215,7 +215,7 @@ def test_decode_image_truncated(tmp_path: Path, ext: str, keep: float, vips_only
     name = "PNG" if ext == ".png" else "JPEG"
     with pytest.raises(DecodeError, match=f"^truncated or corrupt {name}: "):
         decode_image(path, W, H)
-    decode_mod.CV2_MAX_PIXELS = 10**12  # the OpenCV path too (monkeypatch restores it)
+    headers_mod.CV2_MAX_PIXELS = 10**12  # the OpenCV path too (monkeypatch restores it)
     with pytest.raises(DecodeError, match=f"^truncated or corrupt {name}: "):
         decode_image(path, W, H)
 
@@ -281,7 +281,7 @@ def test_decode_image_alpha_composited_over_white(
 ) -> None:
     """Check that transparent is white, opaque keeps colour, half alpha mixes with white."""
     if path_kind == "vips":
-        monkeypatch.setattr(decode_mod, "CV2_MAX_PIXELS", 0)
+        monkeypatch.setattr(headers_mod, "CV2_MAX_PIXELS", 0)
     rgba = np.zeros((43, 30, 4), np.uint8)  # black everywhere
     rgba[:, :10, 3] = 0
     rgba[:, 10:20, 3] = 255
@@ -343,7 +343,7 @@ def test_decode_image_exif_orientation_matches_libvips_autorot(
 ) -> None:
     """Check all 8 EXIF orientations against libvips' autorot on the same pixels."""
     if path_kind == "vips":
-        monkeypatch.setattr(decode_mod, "CV2_MAX_PIXELS", 0)
+        monkeypatch.setattr(headers_mod, "CV2_MAX_PIXELS", 0)
     rgb = gradient_rgb(40, 24, seed=orientation)
     exif = Image.Exif()
     exif[0x0112] = orientation
@@ -406,7 +406,7 @@ def test_decode_image_paths_agree(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     samples = _samples(tmp_path)
     whole = [decode_image(p, W, H) for p in samples]
     small = [decode_image(p, 40, 30) for p in samples]
-    monkeypatch.setattr(decode_mod, "CV2_MAX_PIXELS", 0)
+    monkeypatch.setattr(headers_mod, "CV2_MAX_PIXELS", 0)
     for path, a, b in zip(samples, whole, small, strict=True):
         assert np.array_equal(decode_image(path, W, H), a), path.name
         # 40 x 30 makes libvips box-shrink first; rounding then differs a little.
@@ -524,7 +524,7 @@ def test_decode_cost_bound_never_below_decode_estimate(
         img.save(path, "PNG")
     with pytest.MonkeyPatch.context() as mp:
         if streamed:
-            mp.setattr(decode_mod, "CV2_MAX_PIXELS", 0)
+            mp.setattr(headers_mod, "CV2_MAX_PIXELS", 0)
         bound = decode_cost_bound(path, *out)
         assert 0 < bound <= DECODE_MEMORY_CAP
         result = decode_image(path, out[0], out[1], memory_cap=bound)
@@ -541,13 +541,13 @@ def test_decode_image_plain_png_skips_libvips_header(
     plain = _write_png(tmp_path / "plain.png", gradient_rgb(60, 40))
     expected = decode_image(plain, W, H)
     calls: list[str] = []
-    real = decode_mod._vips_header
+    real = headers_mod._vips_header
 
     def spy(kind: str, fd: int) -> object:
         calls.append(kind)
         return real(kind, fd)
 
-    monkeypatch.setattr(decode_mod, "_vips_header", spy)
+    monkeypatch.setattr(headers_mod, "_vips_header", spy)
     assert np.array_equal(decode_image(plain, W, H), expected)
     assert calls == []
     root, _ = hostile
@@ -624,7 +624,7 @@ def test_decode_worker_bytes_covers_opencv_path_limit(
     tmp_path: Path, hostile: tuple[Path, dict[str, str]]
 ) -> None:
     """Check measured worker RSS for the largest OpenCV-path image and the hostile folder."""
-    side = int(decode_mod.CV2_MAX_PIXELS**0.5)
+    side = int(headers_mod.CV2_MAX_PIXELS**0.5)
     noise = np.random.default_rng(0).integers(0, 65536, (side, side, 4), dtype=np.uint16)
     limit = tmp_path / "cv2_limit_rgba16.png"
     cv2.imwrite(str(limit), noise, [cv2.IMWRITE_PNG_COMPRESSION, 1])

@@ -7,30 +7,41 @@ from pathlib import Path
 
 import numpy as np
 
-from stream_cluster.ingest import _Decoder, decode_many, ingest
+from stream_cluster.executor import InlineExecutor, LocalExecutor
+from stream_cluster.ingest import CRASHED, _DecodeTask, decode_in_order, decode_many, ingest
 from stream_cluster.store import RowStore
 
 from .conftest import make_shapes_corpus
 from .crashy import decode_or_die
 
 
-def test_decoder_isolates_a_file_that_kills_its_worker(tmp_path: Path) -> None:
+def test_ingest_isolates_a_file_that_kills_its_worker(tmp_path: Path) -> None:
     """Check that a worker death skips only the guilty file and every other file decodes."""
     make_shapes_corpus(tmp_path, n=30)
     files = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*.png"))
     shutil.copy(tmp_path / files[0], tmp_path / "kind0" / "crash.png")
     files = sorted([*files, "kind0/crash.png"])
-    chunks = [files[i : i + 8] for i in range(0, len(files), 8)]
-    dec = _Decoder(str(tmp_path), 12, 10, workers=2, decode_chunk=decode_or_die)
-    results = list(dec.map(chunks))
-    reasons = [r for _, rs in results for r in rs]
-    got = dict(zip([f for c in chunks for f in c], reasons))
-    assert got["kind0/crash.png"] == "decoder crashed: the worker process died on this file"
-    assert all(v is None for k, v in got.items() if k != "kind0/crash.png")
-    rows = np.vstack([r for r, _ in results])
-    expect, _ = decode_many(str(tmp_path), files, 12, 10)
-    ok = [i for i, f in enumerate(files) if f != "kind0/crash.png"]
-    np.testing.assert_array_equal(rows[ok], expect[ok])
+    store = RowStore(tmp_path / "store", 120, np.uint8)
+    progress = list(ingest(tmp_path, files, store, width=12, height=10, workers=2,
+                           segment_rows=16, decode_chunk=decode_or_die))
+    assert progress[-1].skipped == [("kind0/crash.png", CRASHED)]
+    kept = [f for f in files if f != "kind0/crash.png"]
+    assert [n.decode() for n in store.names()] == kept
+    expect, _ = decode_many(str(tmp_path), kept, 12, 10)
+    np.testing.assert_array_equal(store.read(0, len(kept)), expect)
+
+
+def test_decode_in_order_on_an_executor(tmp_path: Path) -> None:
+    """Check that results come back in chunk order from a 2-worker executor and inline."""
+    make_shapes_corpus(tmp_path, n=40)
+    files = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*.png"))
+    chunks = [files[i : i + 3] for i in range(0, len(files), 3)]
+    task = _DecodeTask(decode_many, str(tmp_path), 12, 10)
+    with LocalExecutor(2) as ex:
+        rows = np.vstack([r for r, _ in decode_in_order(ex, task, chunks)])
+    inline = np.vstack([r for r, _ in decode_in_order(InlineExecutor(), task, chunks)])
+    np.testing.assert_array_equal(rows, inline)
+    np.testing.assert_array_equal(rows, decode_many(str(tmp_path), files, 12, 10)[0])
 
 
 def test_ingest_order_and_resume_point(tmp_path: Path) -> None:
