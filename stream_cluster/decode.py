@@ -9,6 +9,8 @@ from __future__ import annotations
 import logging
 import math
 import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
@@ -44,7 +46,10 @@ __all__ = [
     "DECODE_MEMORY_CAP",
     "DEFAULT_MAX_PIXELS",
     "decode_cost_bound",
+    "DecodeChunk",
+    "DecodeTask",
     "decode_image",
+    "decode_many",
     "decode_worker_bytes",
 ]
 
@@ -333,3 +338,43 @@ def decode_image(
         os.close(fd)
 
 
+# Executor tasks decode in worker processes that import only this module's dependencies
+# (numpy, OpenCV, pyvips): no h5py, scikit-learn or matplotlib in a worker's RSS.
+DecodeChunk = Callable[[str, Sequence[str], int, int], tuple[np.ndarray, list[str | None]]]
+
+
+def decode_many(
+    root: str,
+    rel_paths: Sequence[str],
+    width: int,
+    height: int,
+    memory_cap: int = DECODE_MEMORY_CAP,
+) -> tuple[np.ndarray, list[str | None]]:
+    """Decode several files; returns stacked rows and, per file, None or the skip reason."""
+    out = np.full((len(rel_paths), width * height), 255, dtype=np.uint8)
+    reasons: list[str | None] = []
+    for i, rel in enumerate(rel_paths):
+        try:
+            path = os.path.join(root, rel)
+            out[i] = decode_image(path, width, height, memory_cap=memory_cap).reshape(-1)
+            reasons.append(None)
+        except DecodeError as exc:
+            reasons.append(exc.reason)
+        except MemoryError:
+            reasons.append("out of memory while decoding")
+        except Exception as exc:  # a decoder bug must not end the run: record and go on
+            reasons.append(f"unexpected decoder error: {type(exc).__name__}: {exc}"[:300])
+    return out, reasons
+
+
+@dataclass(frozen=True)
+class DecodeTask:
+    """One executor task: decode a chunk of files under ``root`` (picklable by reference)."""
+
+    decode_chunk: DecodeChunk
+    root: str
+    width: int
+    height: int
+
+    def __call__(self, files: Sequence[str]) -> tuple[np.ndarray, list[str | None]]:
+        return self.decode_chunk(self.root, files, self.width, self.height)

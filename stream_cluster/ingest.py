@@ -18,8 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .decode import DECODE_MEMORY_CAP, decode_image
-from .errors import DecodeError
+from .decode import DECODE_MEMORY_CAP, DecodeChunk, DecodeTask, decode_many
 from .executor import Executor, InlineExecutor, LocalExecutor
 from .stage import Progress, StageRecord
 from .store import RowStore
@@ -33,48 +32,8 @@ CHUNK = 8
 #: Reason recorded for a file whose decoder killed its worker process.
 CRASHED = "decoder crashed: the worker process died on this file"
 
-DecodeChunk = Callable[[str, Sequence[str], int, int], tuple[np.ndarray, list[str | None]]]
-
-
-def decode_many(
-    root: str,
-    rel_paths: Sequence[str],
-    width: int,
-    height: int,
-    memory_cap: int = DECODE_MEMORY_CAP,
-) -> tuple[np.ndarray, list[str | None]]:
-    """Decode several files; returns stacked rows and, per file, None or the skip reason."""
-    out = np.full((len(rel_paths), width * height), 255, dtype=np.uint8)
-    reasons: list[str | None] = []
-    for i, rel in enumerate(rel_paths):
-        try:
-            path = os.path.join(root, rel)
-            out[i] = decode_image(path, width, height, memory_cap=memory_cap).reshape(-1)
-            reasons.append(None)
-        except DecodeError as exc:
-            reasons.append(exc.reason)
-        except MemoryError:
-            reasons.append("out of memory while decoding")
-        except Exception as exc:  # a decoder bug must not end the run: record and go on
-            reasons.append(f"unexpected decoder error: {type(exc).__name__}: {exc}"[:300])
-    return out, reasons
-
-
-@dataclass(frozen=True)
-class _DecodeTask:
-    """One executor task: decode a chunk of files under ``root`` (picklable by reference)."""
-
-    decode_chunk: DecodeChunk
-    root: str
-    width: int
-    height: int
-
-    def __call__(self, files: Sequence[str]) -> tuple[np.ndarray, list[str | None]]:
-        return self.decode_chunk(self.root, files, self.width, self.height)
-
-
 def decode_in_order(
-    executor: Executor, task: _DecodeTask, chunks: Sequence[Sequence[str]]
+    executor: Executor, task: DecodeTask, chunks: Sequence[Sequence[str]]
 ) -> Iterator[tuple[np.ndarray, list[str | None]]]:
     """Decode ``chunks`` on ``executor`` and yield their results in the order given.
 
@@ -95,7 +54,7 @@ def decode_in_order(
 
 
 def _one_by_one(
-    executor: Executor, task: _DecodeTask, chunk: Sequence[str]
+    executor: Executor, task: DecodeTask, chunk: Sequence[str]
 ) -> tuple[np.ndarray, list[str | None]]:
     """Decode a chunk whose worker died file by file; only files that kill a worker are lost."""
     if len(chunk) == 1:
@@ -158,7 +117,7 @@ def ingest(
     names: list[bytes] = []
     next_file = start_file
     fn = decode_chunk or partial(decode_many, memory_cap=memory_cap)
-    task = _DecodeTask(fn, os.fspath(root), width, height)
+    task = DecodeTask(fn, os.fspath(root), width, height)
     own = executor is None
     if executor is None:
         log = None if stderr_log is None else os.fspath(stderr_log)

@@ -28,7 +28,6 @@ from .memprofile import MemorySampler
 from .model import Preprocessing, cluster_statistics, write_model
 from .pca import StreamingPCA
 from .planner import disk_need, plan, plan_folder, plan_run
-from .report import ReportInputs, report_summary, write_report
 from .results import RunResult, write_labels, write_run_json, write_skipped
 from .runfolder import (
     check_counts,
@@ -258,6 +257,8 @@ class _Runner:
         ev = float(pca_rec.get("explained_variance"))
 
         def results() -> Generator[Progress, None, None]:
+            from .report import ReportInputs, report_summary, write_report  # matplotlib: late
+
             write_labels(out, names, km)
             write_skipped(out, skipped)
             with open_arrays(out / "pca.h5") as (pca_state, _):

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from stream_cluster.executor import InlineExecutor, LocalExecutor
-from stream_cluster.ingest import CRASHED, _DecodeTask, decode_in_order, decode_many, ingest
+from stream_cluster.ingest import CRASHED, DecodeTask, decode_in_order, decode_many, ingest
 from stream_cluster.store import RowStore
 
 from .conftest import make_shapes_corpus
@@ -36,7 +36,7 @@ def test_decode_in_order_on_an_executor(tmp_path: Path) -> None:
     make_shapes_corpus(tmp_path, n=40)
     files = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*.png"))
     chunks = [files[i : i + 3] for i in range(0, len(files), 3)]
-    task = _DecodeTask(decode_many, str(tmp_path), 12, 10)
+    task = DecodeTask(decode_many, str(tmp_path), 12, 10)
     with LocalExecutor(2) as ex:
         rows = np.vstack([r for r, _ in decode_in_order(ex, task, chunks)])
     inline = np.vstack([r for r, _ in decode_in_order(InlineExecutor(), task, chunks)])
