@@ -104,6 +104,18 @@ def test_changed_pca_settings_refused(shapes_dir: Path, tmp_path: Path) -> None:
     assert res.n_components == 9
 
 
+def test_changed_seed_reruns_only_kmeans(shapes_dir: Path, tmp_path: Path) -> None:
+    """Check that --seed on a finished run reruns k-means and the report, not the PCA."""
+    out = tmp_path / "run"
+    run(_config(shapes_dir, out))
+    state = json.loads((out / "state.json").read_text())
+    res = run(_config(shapes_dir, out, seed=1))
+    again = json.loads((out / "state.json").read_text())
+    assert again["stages"]["pca"] == state["stages"]["pca"]
+    assert again["stages"]["embed"] == state["stages"]["embed"]
+    assert again["stages"]["cluster"]["key"]["seed"] == 1 and res.k == 3
+
+
 def test_changed_input_folder_detected(tmp_path: Path) -> None:
     """Check that files added to the input folder after a run are detected and reported."""
     make_shapes_corpus(tmp_path / "img", n=30)
