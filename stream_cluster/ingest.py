@@ -9,28 +9,49 @@ really kills its decoder is skipped ("decoder crashed").
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from .decode import DECODE_MEMORY_CAP, DecodeChunk, DecodeTask, decode_many
 from .executor import Executor, InlineExecutor, LocalExecutor
 from .stage import Progress, StageRecord
-from .store import RowStore
+from .store import RowStore, atomic_write_bytes
 
-__all__ = ["CHUNK", "IngestProgress", "decode_in_order", "decode_many", "ingest", "run_ingest"]
+__all__ = [
+    "CHUNK",
+    "ORDER_SEED",
+    "IngestProgress",
+    "decode_in_order",
+    "decode_many",
+    "ingest",
+    "processing_order",
+    "run_ingest",
+    "start_ingest",
+]
 
 logger = logging.getLogger(__name__)
 
 #: Files per decode task (one shard of the executor).
 CHUNK = 8
+#: Images are decoded and fitted in one fixed pseudo-random order (not the sorted one) so that
+#: every batch is a fair sample of the folder: incremental PCA and mini-batch k-means assume
+#: exchangeable batches, and sorted folders put one category in each. Outputs are sorted by path.
+ORDER_SEED = 20260101
 #: Reason recorded for a file whose decoder killed its worker process.
 CRASHED = "decoder crashed: the worker process died on this file"
+
+def processing_order(n_files: int) -> np.ndarray:
+    """The fixed order in which the sorted files are ingested (a seeded permutation)."""
+    return np.random.default_rng(ORDER_SEED).permutation(n_files)
+
 
 def decode_in_order(
     executor: Executor, task: DecodeTask, chunks: Sequence[Sequence[str]]
@@ -147,6 +168,18 @@ def ingest(
             executor.close()
     if next_file != len(files) or start_file == len(files):
         yield IngestProgress(next_file, store.n_segments, len(store), list(skipped_all))
+
+
+def start_ingest(
+    record: StageRecord, out_dir: Path, files: Sequence[str], digest: str, key: dict[str, Any]
+) -> None:
+    """Record a new ingest (and the sorted file list, ``files.json``); no-op if one exists."""
+    if record.data:
+        return
+    atomic_write_bytes(out_dir / "files.json", json.dumps(list(files)).encode("utf-8"))
+    record.update(
+        key=key, files_digest=digest, n_files=len(files), next_file=0, segments=0, skipped=[]
+    )
 
 
 def run_ingest(

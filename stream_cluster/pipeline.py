@@ -8,72 +8,39 @@ continues where it stopped and ends with the same labels as an uninterrupted run
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
 from collections.abc import Generator
-from dataclasses import dataclass
 from typing import TypeVar
 
 import numpy as np
 
-from .checkpoint import RunLock, RunState, open_arrays
+from . import runfolder
+from .checkpoint import RunLock, RunState
 from .clustering import Elbow, cluster, elbow, feature_source
 from .config import RunConfig
 from .embed import embed, feature_store
 from .fit_pca import RowsFeed, fit_pca, load_pca
-from .ingest import run_ingest
+from .ingest import processing_order, run_ingest, start_ingest
 from .memprofile import MemorySampler
-from .model import Preprocessing, cluster_statistics, write_model
 from .pca import StreamingPCA
 from .planner import disk_need, plan, plan_folder, plan_run
-from .results import RunResult, write_labels, write_run_json, write_skipped
-from .runfolder import (
-    check_counts,
-    check_decoded,
-    check_disk,
-    check_inputs,
-    check_settings,
-    prepare_out_dir,
-)
+from .results import RunResult, write_run_json, write_skipped
 from .scan import files_digest, scan
-from .stage import Progress, StageRecord, in_background
-from .store import RowStore, atomic_write_bytes
+from .stage import Progress, ProgressEvent, StageRecord, in_background
+from .store import RowStore
 
 __all__ = ["STAGES", "ProgressEvent", "RunResult", "iter_run", "plan", "plan_folder", "run"]
 
 logger = logging.getLogger(__name__)
 
 STAGES = ("scan", "ingest", "pca", "embed", "elbow", "cluster", "report")
-#: Images are decoded and fitted in one fixed pseudo-random order (not the sorted one) so that
-#: every batch is a fair sample of the folder: incremental PCA and mini-batch k-means assume
-#: exchangeable batches, and sorted folders put one category in each. Outputs are sorted by path.
-ORDER_SEED = 20260101
 #: Niceness of decode workers running beside the PCA: they take only the CPU its BLAS threads
 #: leave idle, so the PCA, which decides the wall time, never waits for a core.
 BACKGROUND_NICE = 19
 _LATER = ["pca", "embed", "elbow", "cluster", "report"]
 T = TypeVar("T")
-
-
-def processing_order(n_files: int) -> np.ndarray:
-    """The fixed order in which the sorted files are ingested (a seeded permutation)."""
-    return np.random.default_rng(ORDER_SEED).permutation(n_files)
-
-
-@dataclass(frozen=True)
-class ProgressEvent:
-    """One step of progress: ``done`` of ``total`` units in ``stage``, and memory right now."""
-
-    stage: str
-    done: int
-    total: int
-    unit: str
-    rss_bytes: int
-    budget: int
-    skipped: int = 0
-    message: str = ""
 
 
 def run(config: RunConfig, *, fresh: bool = False) -> RunResult:
@@ -95,7 +62,7 @@ def iter_run(
     Everything that can be checked before heavy work is checked first: settings, input folder,
     image count against components and k, the memory plan and free disk space.
     """
-    prepare_out_dir(config, fresh)
+    runfolder.prepare_out_dir(config, fresh)
     csv_path = config.out_dir / "memory.csv" if config.profile_memory else None
     with RunLock(config.out_dir), MemorySampler(csv_path=csv_path) as sampler:
         return (yield from _Runner(config, sampler).run())
@@ -147,27 +114,22 @@ class _Runner:
 
     def run(self) -> Generator[ProgressEvent, None, RunResult]:
         cfg, out = self.config, self.out
-        check_settings(self.state, cfg)
+        runfolder.check_settings(self.state, cfg)
         self.sampler.stage = "scan"
         t0 = time.perf_counter()
         found = scan(cfg.input_dir, follow_external_symlinks=cfg.follow_symlinks)
         files, digest = found.files, files_digest(found.files, found.root)
-        check_inputs(self.state, out, files, digest)
-        check_counts(cfg, len(files))
+        runfolder.check_inputs(self.state, out, files, digest)
+        runfolder.check_counts(cfg, len(files))
         mem_plan = plan_run(cfg, found.root, files, self.record("pca"))
         pca_rec = self.record("pca")
         if pca_rec.data and not pca_rec.done and pca_rec.get("batch") != mem_plan.pca_batch:
             logger.warning("the PCA batch no longer fits the budget; the PCA restarts")
             self.state.reset(_LATER)
             (out / "pca-checkpoint.h5").unlink(missing_ok=True)
-        check_disk(out, disk_need(out, cfg, len(files), self.record("pca").done))
+        runfolder.check_disk(out, disk_need(out, cfg, len(files), self.record("pca").done))
         ingest_rec = self.record("ingest")
-        if not ingest_rec.data:
-            atomic_write_bytes(out / "files.json", json.dumps(files).encode("utf-8"))
-            ingest_rec.update(
-                key=cfg.stage_key("ingest"), files_digest=digest, n_files=len(files),
-                next_file=0, segments=0, skipped=[],
-            )  # fmt: skip
+        start_ingest(ingest_rec, out, files, digest, cfg.stage_key("ingest"))
         scan_skipped = [(str(a), str(b)) for a, b in found.skipped]
         self._leave("scan", t0)
         what = f"{len(files)} image files; plan: {mem_plan.describe()}"
@@ -191,7 +153,7 @@ class _Runner:
             return decoded
 
         def check_rows(n: int) -> None:
-            check_decoded(cfg, n, len(files), [*scan_skipped, *decoded])
+            runfolder.check_decoded(cfg, n, len(files), [*scan_skipped, *decoded])
 
         def pca_stage(feed: RowsFeed) -> Generator[Progress, None, StreamingPCA]:
             return fit_pca(
@@ -253,37 +215,15 @@ class _Runner:
         # -- results: labels, model, report, run.json -----------------------------------------
         names = [os.fsdecode(n) for n in pixels.names()]
         skipped = [*scan_skipped, *decoded]
-        sizes, pct = cluster_statistics(km, k)
+        from .report import report_stage  # imports matplotlib: only now
+
+        sizes = yield from self.stage(
+            "report",
+            report_stage(out, cfg, pixels, names, km, skipped, n_keep=n_keep, k=k,
+                         pca=pca_rec.data, elbow=curve, peak=self._peak(),
+                         sample=self.sampler.sample),
+        )  # fmt: skip
         ev = float(pca_rec.get("explained_variance"))
-
-        def results() -> Generator[Progress, None, None]:
-            from .report import ReportInputs, report_summary, write_report  # matplotlib: late
-
-            write_labels(out, names, km)
-            write_skipped(out, skipped)
-            with open_arrays(out / "pca.h5") as (pca_state, _):
-                write_model(
-                    out / "model.h5", pca_state, n_components=n_keep, centers=km.centers,
-                    cluster_sizes=sizes, distance_percentiles=pct,
-                    preprocessing=Preprocessing(cfg.width, cfg.height), n_images=len(names),
-                    extra={"inertia": km.inertia, "seed": cfg.seed},
-                )  # fmt: skip
-            summary = report_summary(
-                cfg, n_images=len(names), n_skipped=len(skipped), n_keep=n_keep, ev=ev, k=k,
-                at_knee=cfg.k is None and curve.knee is not None, inertia=km.inertia,
-                peak=self._peak(),
-            )  # fmt: skip
-            info = ReportInputs(
-                "stream-cluster report", summary, cfg.width, cfg.height,
-                pca_rec.get("explained_variance_ratio"), n_keep, cfg.variance, curve.inertias,
-                k if cfg.k is not None else curve.knee, curve.method, cfg.montage_images,
-                out / "memory.csv" if cfg.profile_memory else None, cfg.mem_budget,
-            )  # fmt: skip
-            if cfg.profile_memory:
-                self.sampler.sample()
-            yield from write_report(out, pixels, names, km, skipped, info)
-
-        yield from self.stage("report", results())
         stages = self.state.data["stages"]
         result = RunResult(
             out_dir=out, n_images=len(names), n_skipped=len(skipped), n_components=n_keep,

@@ -11,16 +11,21 @@ import html
 import logging
 import os
 import urllib.parse
-from collections.abc import Generator, Mapping, Sequence
+from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from .checkpoint import open_arrays
+from .clustering import Elbow
 from .config import RunConfig, format_bytes
 from .kmeans import KMeansResult
+from .model import Preprocessing, cluster_statistics, write_model
 from .montage import MontageLayout, display_name, montage_layout, write_montage
 from .plots import MEMORY_CSV_HEADER, plot_elbow, plot_memory_timeline, plot_variance
+from .results import write_labels, write_skipped
 from .stage import Progress
 from .store import RowStore, atomic_write_bytes
 
@@ -29,6 +34,7 @@ __all__ = [
     "ClusterSummary",
     "MontageLayout",
     "ReportInputs",
+    "report_stage",
     "report_summary",
     "display_name",
     "montage_layout",
@@ -330,3 +336,52 @@ def report_summary(
         "memory budget": format_bytes(config.mem_budget),
         "peak RSS (process tree)": format_bytes(peak),
     }
+
+
+def report_stage(
+    out_dir: Path,
+    config: RunConfig,
+    pixels: RowStore,
+    names: Sequence[str],
+    km: KMeansResult,
+    skipped: Sequence[tuple[str, str]],
+    *,
+    n_keep: int,
+    k: int,
+    pca: Mapping[str, Any],
+    elbow: Elbow,
+    peak: int,
+    sample: Callable[[], int] | None = None,
+) -> Generator[Progress, None, np.ndarray]:
+    """The report stage: labels.csv, skipped.csv, model.h5, plots, montages and index.html.
+
+    ``pca`` is the PCA stage's record (explained variance); ``sample`` takes a last memory
+    sample before the timeline is drawn. Returns the cluster sizes.
+
+    Memory: one montage at a time; model.h5 is copied from pca.h5 in 16 MB blocks.
+    """
+    write_labels(out_dir, names, km)
+    write_skipped(out_dir, skipped)
+    sizes, pct = cluster_statistics(km, k)
+    with open_arrays(out_dir / "pca.h5") as (pca_state, _):
+        write_model(
+            out_dir / "model.h5", pca_state, n_components=n_keep, centers=km.centers,
+            cluster_sizes=sizes, distance_percentiles=pct,
+            preprocessing=Preprocessing(config.width, config.height), n_images=len(names),
+            extra={"inertia": km.inertia, "seed": config.seed},
+        )  # fmt: skip
+    ev = float(pca["explained_variance"])
+    summary = report_summary(
+        config, n_images=len(names), n_skipped=len(skipped), n_keep=n_keep, ev=ev, k=k,
+        at_knee=config.k is None and elbow.knee is not None, inertia=km.inertia, peak=peak,
+    )  # fmt: skip
+    info = ReportInputs(
+        "stream-cluster report", summary, config.width, config.height,
+        pca["explained_variance_ratio"], n_keep, config.variance, elbow.inertias,
+        k if config.k is not None else elbow.knee, elbow.method, config.montage_images,
+        out_dir / "memory.csv" if config.profile_memory else None, config.mem_budget,
+    )  # fmt: skip
+    if config.profile_memory and sample is not None:
+        sample()
+    yield from write_report(out_dir, pixels, names, km, skipped, info)
+    return sizes

@@ -17,7 +17,14 @@ from typing import Any
 
 from .checkpoint import RunState
 
-__all__ = ["Background", "Progress", "StageRecord", "in_background", "same_key"]
+__all__ = [
+    "Background",
+    "Progress",
+    "ProgressEvent",
+    "StageRecord",
+    "in_background",
+    "same_key",
+]
 
 
 @dataclass(frozen=True)
@@ -30,6 +37,20 @@ class Progress:
     unit: str = "images"
     message: str = ""
     skipped: int | None = None
+
+
+@dataclass(frozen=True)
+class ProgressEvent:
+    """One step of progress: ``done`` of ``total`` units in ``stage``, and memory right now."""
+
+    stage: str
+    done: int
+    total: int
+    unit: str
+    rss_bytes: int
+    budget: int
+    skipped: int = 0
+    message: str = ""
 
 
 class StageRecord:
