@@ -25,6 +25,7 @@ from .errors import (  # noqa: E402
 )
 
 _LAZY = {"ProgressEvent", "RunResult", "iter_run", "plan", "run"}
+_LAZY_USE = {"assign", "load_model", "similar"}
 
 
 def __getattr__(name: str) -> object:
@@ -34,6 +35,14 @@ def __getattr__(name: str) -> object:
         from . import pipeline
 
         return getattr(pipeline, name)
+    if name in _LAZY_USE:
+        from . import fitted
+
+        return getattr(fitted, name)
+    if name == "FittedModel":
+        from .model import FittedModel
+
+        return FittedModel
     raise AttributeError(f"module 'stream_cluster' has no attribute {name!r}")
 
 
@@ -43,6 +52,7 @@ __all__ = [
     "ConfigError",
     "DecodeError",
     "DiskFullError",
+    "FittedModel",
     "InputError",
     "ProgressEvent",
     "RunConfig",
@@ -51,9 +61,12 @@ __all__ = [
     "StoreError",
     "StreamClusterError",
     "__version__",
+    "assign",
     "iter_run",
+    "load_model",
     "parse_mem",
     "parse_size",
     "plan",
     "run",
+    "similar",
 ]

@@ -122,7 +122,8 @@ def _parser(command: str) -> argparse.ArgumentParser:
             "plan": "Show the memory plan for a folder and settings; runs nothing heavy.",
             "demo": "Cluster scikit-learn's 1,797 bundled handwritten digits and score the result.",
         }[command],
-        epilog="Subcommands: 'stream-cluster plan IMAGES ...', 'stream-cluster demo'.",
+        epilog="Subcommands: 'stream-cluster plan IMAGES ...', 'stream-cluster assign RUN "
+        "IMAGES ...', 'stream-cluster similar RUN IMAGE', 'stream-cluster demo'.",
     )
     p.add_argument("--version", action="version", version=f"stream-cluster {__version__}")
     _add_run_options(p, demo=command == "demo")
@@ -232,6 +233,10 @@ def _summary(r: RunResult) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``stream-cluster`` command; returns the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in ("assign", "similar"):
+        from ._cli_use import main_use
+
+        return main_use(argv)
     command = "run"
     if argv and argv[0] in ("run", "plan", "demo"):
         command = argv.pop(0)

@@ -16,7 +16,13 @@ from .decode import DECODE_MEMORY_CAP, decode_worker_bytes
 from .errors import BudgetError
 from .pca import pca_memory_bytes
 
-__all__ = ["PARENT_BASE_BYTES", "WORKER_BASE_BYTES", "MemoryPlan", "plan_memory"]
+__all__ = [
+    "PARENT_BASE_BYTES",
+    "WORKER_BASE_BYTES",
+    "MemoryPlan",
+    "embed_bytes",
+    "plan_memory",
+]
 
 #: RSS of the main process with numpy, scikit-learn, h5py, OpenCV, pyvips and matplotlib
 #: imported and OpenBLAS buffers allocated (measured 199 MiB; rounded up for Python objects).
@@ -275,3 +281,8 @@ def _too_small_message(
         f"process) needs {format_bytes(need)} plus {1 - SAFETY:.0%} headroom. "
         f"Use {', or '.join(options)}."
     )
+
+
+def embed_bytes(n_components: int, batch: int, n_features: int) -> int:
+    """Modelled peak of projecting ``batch`` rows onto the PCA (the embed stage, ``assign``)."""
+    return _embed_bytes(n_components, batch, n_features)

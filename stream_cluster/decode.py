@@ -378,3 +378,33 @@ class DecodeTask:
 
     def __call__(self, files: Sequence[str]) -> tuple[np.ndarray, list[str | None]]:
         return self.decode_chunk(self.root, files, self.width, self.height)
+
+
+def letterbox_array(image: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Turn an in-memory image into a ``(height, width)`` grey row as ``decode_image`` would.
+
+    ``image`` is ``(h, w)`` grey, ``(h, w, 2)`` grey + alpha, or ``(h, w, 3|4)`` in RGB(A)
+    order (as PIL, imageio and matplotlib give them); uint8, or uint16 reduced by ``>> 8``.
+    An array already of the output size and grey is returned as is.
+
+    Raises
+    ------
+    ConfigError
+        For any other shape or dtype.
+    """
+    arr = np.asarray(image)
+    if arr.dtype == np.uint16:
+        arr = np.right_shift(arr, 8).astype(np.uint8)
+    if arr.dtype != np.uint8 or arr.ndim not in (2, 3) or min(arr.shape[:2]) < 1 or (
+        arr.ndim == 3 and arr.shape[2] not in (1, 2, 3, 4)
+    ):
+        raise ConfigError(
+            f"An image array must be uint8 or uint16 of shape (h, w), (h, w, 2), (h, w, 3) or "
+            f"(h, w, 4). Got {arr.dtype} {arr.shape} instead."
+        )
+    if arr.shape == (height, width):
+        return np.ascontiguousarray(arr)
+    if arr.ndim == 2:
+        arr = arr[:, :, None]
+    cv = _to_cv_channels(arr if arr.shape[2] != 1 else arr[:, :, 0])
+    return _letterbox(cv, int(width), int(height), (arr.shape[1], arr.shape[0]))

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
+import os
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -88,6 +89,19 @@ def _digest_update(h: Any, name: str, arr: np.ndarray) -> None:
     h.update(name.encode())
     h.update(str(arr.dtype).encode())
     h.update(np.ascontiguousarray(arr).tobytes())
+
+
+def _digest_dataset(h: Any, name: str, src: _ArrayLike) -> None:
+    """Hash an array (or h5py dataset) as :func:`_digest_update` would, in 16 MB blocks."""
+    h.update(name.encode())
+    h.update(str(src.dtype).encode())
+    if len(src.shape) == 0:
+        h.update(np.ascontiguousarray(src[()]).tobytes())
+        return
+    row = max(1, int(np.prod(src.shape[1:])) * src.dtype.itemsize)
+    step = max(1, _BLOCK_BYTES // row)
+    for lo in range(0, src.shape[0], step):
+        h.update(np.ascontiguousarray(src[lo : lo + step]).tobytes())
 
 
 def write_model(
@@ -196,6 +210,42 @@ class FittedModel:
         """Per cluster, the distance beyond which an image is novel (99th percentile)."""
         return np.asarray(self.distance_percentiles[:, PERCENTILES.index(NOVELTY_PERCENTILE)])
 
+    def rows(self, images: Sequence[str | os.PathLike[str] | np.ndarray]) -> np.ndarray:
+        """Images (file paths or arrays) as preprocessed uint8 rows, as the run made them."""
+        from .decode import decode_image, letterbox_array
+
+        p = self.preprocessing
+        out = np.empty((len(images), p.width * p.height), dtype=np.uint8)
+        for i, img in enumerate(images):
+            if isinstance(img, np.ndarray):
+                out[i] = letterbox_array(img, p.width, p.height).reshape(-1)
+            else:
+                out[i] = decode_image(img, p.width, p.height).reshape(-1)
+        return out
+
+    def transform(self, images: Sequence[str | os.PathLike[str] | np.ndarray]) -> np.ndarray:
+        """PCA features (``n_components`` float32 each) of images given as paths or arrays."""
+        z = self.pca.transform(self.rows(images), scale=np.float32(self.preprocessing.scale))
+        return np.ascontiguousarray(z[:, : self.n_components], dtype=np.float32)
+
+    def predict(self, images: Sequence[str | os.PathLike[str] | np.ndarray]) -> np.ndarray:
+        """The nearest cluster of each image (paths or arrays)."""
+        from .fitted import assign_batch
+
+        return assign_batch(self, self.rows(images))[0]
+
+    def similar(self, image: str | os.PathLike[str] | np.ndarray, n: int = 12) -> list[Any]:
+        """The ``n`` run images nearest to ``image`` (needs the run folder: use load_model)."""
+        from .fitted import similar
+
+        run = self.meta.get("run_dir")
+        if run is None:
+            raise StoreError(
+                "similar() searches the run's feature store: load the model with "
+                "stream_cluster.load_model(RUN) so it knows its run folder."
+            )
+        return similar(run, image, n, model=self)
+
     def save(self, path: str | Path) -> None:
         """Write the model to one HDF5 file (atomically)."""
         write_model(
@@ -238,16 +288,14 @@ class FittedModel:
         try:
             raw = str(f.attrs["meta"])
             meta = json.loads(raw)
-            h = hashlib.sha256()
-            arrays: dict[str, np.ndarray] = {}
             names: list[str] = []
             f.visititems(lambda n, o: names.append(n) if isinstance(o, h5py.Dataset) else None)
+            h = hashlib.sha256()
             for name in sorted(names):
                 ds = f[name]
                 if ds.dtype.kind not in "biufS":
                     raise StoreError(f"{path}: {name!r} is not a numeric array ({ds.dtype})")
-                arrays[name] = ds[()]
-                _digest_update(h, name, arrays[name])
+                _digest_dataset(h, name, ds)
             h.update(raw.encode())
         except (OSError, KeyError, ValueError, TypeError) as exc:
             raise StoreError(
@@ -258,6 +306,8 @@ class FittedModel:
                 f"{path} was changed after it was written (its SHA-256 digest does not match). "
                 f"Rerun the clustering to write it again; do not edit model files by hand."
             )
+        # Verified block by block above; now each array is read once, straight into the model.
+        arrays = {n: f[n] for n in names}
         try:
             pca = StreamingPCA.from_state(
                 {k[len("pca/") :]: v for k, v in arrays.items() if k.startswith("pca/")}
@@ -265,9 +315,9 @@ class FittedModel:
             return cls(
                 pca=pca,
                 n_components=int(meta["n_components"]),
-                centers=arrays["kmeans/centers"],
-                cluster_sizes=arrays["stats/cluster_sizes"],
-                distance_percentiles=arrays["stats/distance_percentiles"],
+                centers=arrays["kmeans/centers"][()],
+                cluster_sizes=arrays["stats/cluster_sizes"][()],
+                distance_percentiles=arrays["stats/distance_percentiles"][()],
                 preprocessing=Preprocessing(**meta["preprocessing"]),
                 n_images=int(meta["n_images"]),
                 meta=meta,
