@@ -110,6 +110,15 @@ def _add_run_options(p: argparse.ArgumentParser, *, demo: bool = False) -> None:
     p.add_argument(
         "--fresh", action="store_true", help="discard what the run folder holds and start over"
     )
+    if not demo:
+        p.add_argument(
+            "--update",
+            action="store_true",
+            help="grow a finished run whose folder changed: ingest only the new files, continue "
+            "the PCA with them, re-embed every image and rerun k-means from the previous centres "
+            "(same k unless --k). Removed files leave the labels and features; the PCA keeps "
+            "what it learned from them (--fresh refits from scratch)",
+        )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("-v", "--verbose", action="store_true", help="log what happens (INFO)")
 
@@ -204,7 +213,7 @@ def _run(args: argparse.Namespace, config: RunConfig) -> RunResult:
     from .pipeline import iter_run
 
     bars = _Bars(enabled=not args.no_progress)
-    gen = iter_run(config, fresh=args.fresh)
+    gen = iter_run(config, fresh=args.fresh, update=getattr(args, "update", False))
     try:
         while True:
             try:

@@ -11,6 +11,8 @@ from collections.abc import Generator
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from .budget import MemoryPlan
 from .checkpoint import load_arrays, save_arrays
 from .kmeans import FeatureSource, KMeansResult, fit_kmeans
@@ -91,14 +93,18 @@ def cluster(
     seed: int,
     key: dict[str, object],
     out_dir: Path,
+    init: np.ndarray | None = None,
 ) -> Generator[Progress, None, KMeansResult]:
-    """The cluster stage: k-means with ``k`` clusters over all features, saved to kmeans.h5."""
+    """The cluster stage: k-means with ``k`` clusters over all features, saved to kmeans.h5.
+
+    ``init`` warm-starts from given centres (a growing run's previous ones).
+    """
     path = out_dir / "kmeans.h5"
     key = {**key, "k_used": k}
     if record.done and record.get("key") == key and path.exists():
         return load_kmeans(path)
     yield Progress("cluster", 0, 1, "k", f"k={k}")
-    km = fit_kmeans(source, k, seed=seed)
+    km = fit_kmeans(source, k, seed=seed, init=init)
     save_arrays(
         path,
         {"centers": km.centers, "labels": km.labels, "sq_distances": km.sq_distances},

@@ -24,6 +24,18 @@ def feature_store(out_dir: Path, n_keep: int) -> RowStore:
     return RowStore(out_dir / "features", n_keep, np.float32)
 
 
+def _read_rows(pixels: RowStore, idx: np.ndarray) -> np.ndarray:
+    """Rows ``idx`` (ascending) of the store, read run by run of consecutive rows."""
+    if len(idx) and idx[-1] - idx[0] == len(idx) - 1:
+        return pixels.read(int(idx[0]), int(idx[-1]) + 1)
+    out = np.empty((len(idx), pixels.row_size), dtype=pixels.dtype)
+    breaks = np.nonzero(np.diff(idx) != 1)[0] + 1
+    for run in np.split(np.arange(len(idx)), breaks):
+        lo = int(idx[run[0]])
+        pixels.read(lo, lo + len(run), out=out[run[0] : run[-1] + 1])
+    return out
+
+
 def embed(
     record: StageRecord,
     pixels: RowStore,
@@ -32,15 +44,19 @@ def embed(
     *,
     pca_key: object,
     batch: int,
+    rows: np.ndarray | None = None,
 ) -> Generator[Progress, None, RowStore]:
     """The embed stage: ``features`` gets the first ``features.row_size`` components of each row.
 
-    ``model`` is called only if there is work left, so a finished stage never loads the PCA.
+    ``rows`` (ascending pixel-store rows; default all) are the images still in the folder
+    after a run grew. ``model`` is called only if there is work left, so a finished stage never
+    loads the PCA.
 
     Memory: the model's components, one uint8 batch, ``transform``'s float32 column block and
     the batch's features (see ``budget._embed_bytes``).
     """
-    n = len(pixels)
+    rows = np.arange(len(pixels)) if rows is None else np.asarray(rows, dtype=np.int64)
+    n = len(rows)
     if record.done and len(features) == n:
         return features
     if record.get("key") != pca_key:
@@ -52,11 +68,12 @@ def embed(
     names = pixels.names()
     yield Progress("embed", len(features), n)
     for lo in range(len(features), n, batch):
+        idx = rows[lo : lo + batch]
         # transform scales the uint8 rows block by block: no float32 copy of the batch.
-        x = pixels.read(lo, lo + batch)
+        x = _read_rows(pixels, idx)
         z = pca.transform(x, scale=PIXEL_SCALE)[:, :n_keep]
         del x
-        features.append(np.ascontiguousarray(z, dtype=np.float32), names[lo : lo + len(z)])
+        features.append(np.ascontiguousarray(z, dtype=np.float32), [names[i] for i in idx])
         record.update(segments=features.n_segments)
         yield Progress("embed", len(features), n)
     record.update(done=True)

@@ -22,6 +22,7 @@ import numpy as np
 
 from .decode import DECODE_MEMORY_CAP, DecodeChunk, DecodeTask, decode_many
 from .executor import Executor, InlineExecutor, LocalExecutor
+from .scan import file_signatures
 from .stage import Progress, StageRecord
 from .store import RowStore, atomic_write_bytes
 
@@ -171,11 +172,20 @@ def ingest(
 
 
 def start_ingest(
-    record: StageRecord, out_dir: Path, files: Sequence[str], digest: str, key: dict[str, Any]
+    record: StageRecord,
+    out_dir: Path,
+    root: Path,
+    files: Sequence[str],
+    digest: str,
+    key: dict[str, Any],
 ) -> None:
-    """Record a new ingest (and the sorted file list, ``files.json``); no-op if one exists."""
+    """Record a new ingest, the sorted file list (``files.json``) and each file's size and
+    mtime (``files-sig.json``, which tells a later ``--update`` what changed); no-op if one
+    exists."""
     if record.data:
         return
+    sigs = file_signatures(root, files)
+    atomic_write_bytes(out_dir / "files-sig.json", json.dumps(sigs).encode("utf-8"))
     atomic_write_bytes(out_dir / "files.json", json.dumps(list(files)).encode("utf-8"))
     record.update(
         key=key, files_digest=digest, n_files=len(files), next_file=0, segments=0, skipped=[]

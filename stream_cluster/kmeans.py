@@ -170,22 +170,43 @@ class StreamingKMeans:
         return self
 
 
-def fit_kmeans(source: FeatureSource, k: int, *, seed: int, epochs: int = 5) -> KMeansResult:
+def fit_kmeans(
+    source: FeatureSource,
+    k: int,
+    *,
+    seed: int,
+    epochs: int = 5,
+    init: np.ndarray | None = None,
+) -> KMeansResult:
     """Cluster all features into ``k`` groups and label every image.
 
     In memory this is scikit-learn's KMeans (Lloyd, k-means++, 3 inits): exact and fast for
     features that fit (8,121 x 800 float32 is 26 MB). Streamed, it is MiniBatchKMeans over
     ``epochs`` passes. Either way the labels and inertia come from :func:`assign` over all rows.
+    ``init`` (k x features) warm-starts from given centres (one init), e.g. a run's previous
+    centres when it grows.
     """
     if k > len(source):
         raise ValueError(f"k={k} exceeds the number of images ({len(source)})")
+    data = source.data
+    width = data.shape[1] if isinstance(data, np.ndarray) else data.row_size
+    if init is not None and np.shape(init) != (k, width):
+        raise ValueError(f"init must have shape ({k}, n_features). Got {np.shape(init)} instead.")
     if source.in_memory:
         x = np.asarray(source.data, dtype=np.float64)
-        model = KMeans(n_clusters=k, n_init=3, random_state=seed).fit(x)
+        if init is None:
+            model = KMeans(n_clusters=k, n_init=3, random_state=seed).fit(x)
+        else:
+            start = np.asarray(init, dtype=np.float64)
+            model = KMeans(n_clusters=k, init=start, n_init=1, random_state=seed).fit(x)
         centers = model.cluster_centers_
     else:
         skm = StreamingKMeans(k, seed=seed, batch_size=source.batch_size)
-        skm.init_from(source.sample(max(20 * k, 2000), seed))
+        if init is None:
+            skm.init_from(source.sample(max(20 * k, 2000), seed))
+        else:
+            skm.init_centers_ = np.asarray(init, dtype=np.float64)
+            skm.model_ = skm._estimator(skm.init_centers_)
         for _ in range(epochs):
             for _, x in source.batches():
                 skm.partial_fit(x)

@@ -22,14 +22,15 @@ from .clustering import Elbow, cluster, elbow, feature_source
 from .config import RunConfig
 from .embed import embed, feature_store
 from .fit_pca import RowsFeed, fit_pca, load_pca
-from .ingest import processing_order, run_ingest, start_ingest
+from .ingest import run_ingest, start_ingest
 from .memprofile import MemorySampler
 from .pca import StreamingPCA
 from .planner import disk_need, plan, plan_folder, plan_run
 from .results import RunResult, write_run_json, write_skipped
 from .scan import files_digest, scan
-from .stage import Progress, ProgressEvent, StageRecord, in_background
+from .stage import Progress, ProgressEvent, StageRecord, in_background, timed
 from .store import RowStore
+from .update import active_rows, compare_labels, ingest_order, previous_centers, start_update
 
 __all__ = ["STAGES", "ProgressEvent", "RunResult", "iter_run", "plan", "plan_folder", "run"]
 
@@ -43,9 +44,9 @@ _LATER = ["pca", "embed", "elbow", "cluster", "report"]
 T = TypeVar("T")
 
 
-def run(config: RunConfig, *, fresh: bool = False) -> RunResult:
-    """Run (or resume) the whole pipeline and return its result."""
-    gen = iter_run(config, fresh=fresh)
+def run(config: RunConfig, *, fresh: bool = False, update: bool = False) -> RunResult:
+    """Run (or resume, or with ``update`` grow) the whole pipeline and return its result."""
+    gen = iter_run(config, fresh=fresh, update=update)
     while True:
         try:
             next(gen)
@@ -55,24 +56,25 @@ def run(config: RunConfig, *, fresh: bool = False) -> RunResult:
 
 
 def iter_run(
-    config: RunConfig, *, fresh: bool = False
+    config: RunConfig, *, fresh: bool = False, update: bool = False
 ) -> Generator[ProgressEvent, None, RunResult]:
     """Run the pipeline, yielding progress; returns a :class:`RunResult` (``StopIteration.value``).
 
     Everything that can be checked before heavy work is checked first: settings, input folder,
-    image count against components and k, the memory plan and free disk space.
+    image count against components and k, the memory plan and free disk space. With
+    ``update``, a finished run whose folder changed grows (see :mod:`stream_cluster.update`).
     """
     runfolder.prepare_out_dir(config, fresh)
     csv_path = config.out_dir / "memory.csv" if config.profile_memory else None
     with RunLock(config.out_dir), MemorySampler(csv_path=csv_path) as sampler:
-        return (yield from _Runner(config, sampler).run())
+        return (yield from _Runner(config, sampler, update).run())
 
 
 class _Runner:
     """One invocation: sequences the stages; each stage's work is in its own module."""
 
-    def __init__(self, config: RunConfig, sampler: MemorySampler) -> None:
-        self.config, self.out, self.sampler = config, config.out_dir, sampler
+    def __init__(self, config: RunConfig, sampler: MemorySampler, update: bool) -> None:
+        self.config, self.out, self.sampler, self.update = config, config.out_dir, sampler, update
         self.state = RunState(self.out / "state.json")
         self.skipped = 0
 
@@ -119,6 +121,8 @@ class _Runner:
         t0 = time.perf_counter()
         found = scan(cfg.input_dir, follow_external_symlinks=cfg.follow_symlinks)
         files, digest = found.files, files_digest(found.files, found.root)
+        if self.update:
+            start_update(self.state, out, found.root, files, digest)
         runfolder.check_inputs(self.state, out, files, digest)
         runfolder.check_counts(cfg, len(files))
         mem_plan = plan_run(cfg, found.root, files, self.record("pca"))
@@ -129,7 +133,7 @@ class _Runner:
             (out / "pca-checkpoint.h5").unlink(missing_ok=True)
         runfolder.check_disk(out, disk_need(out, cfg, len(files), self.record("pca").done))
         ingest_rec = self.record("ingest")
-        start_ingest(ingest_rec, out, files, digest, cfg.stage_key("ingest"))
+        start_ingest(ingest_rec, out, found.root, files, digest, cfg.stage_key("ingest"))
         scan_skipped = [(str(a), str(b)) for a, b in found.skipped]
         self._leave("scan", t0)
         what = f"{len(files)} image files; plan: {mem_plan.describe()}"
@@ -138,7 +142,7 @@ class _Runner:
 
         # -- ingest and PCA (overlapped when the plan holds both) ---------------------------
         pixels = RowStore(out / "pixels", cfg.n_features, np.uint8)
-        ordered = [files[i] for i in processing_order(len(files))]
+        ordered = ingest_order(out, files)
         decoded: list[tuple[str, str]] = []
 
         def ingest_stage(nice: int) -> Generator[Progress, None, list[tuple[str, str]]]:
@@ -168,13 +172,7 @@ class _Runner:
             self.sampler.stage = "ingest+pca"
             t0 = time.perf_counter()
 
-            def background_ingest() -> Generator[Progress, None, list[tuple[str, str]]]:
-                t = time.perf_counter()
-                result = yield from ingest_stage(BACKGROUND_NICE)
-                ingest_rec.update(seconds=time.perf_counter() - t)
-                return result
-
-            with in_background(background_ingest()) as bg:
+            with in_background(timed(ingest_rec, ingest_stage(BACKGROUND_NICE))) as bg:
                 model = yield from self.stage("pca", pca_stage(RowsFeed(pixels, bg)), False)
             self._leave("ingest+pca", t0)
         else:
@@ -185,13 +183,14 @@ class _Runner:
         self.skipped = len(scan_skipped) + len(decoded)
 
         # -- embed, elbow, cluster ------------------------------------------------------------
+        rows = active_rows(pixels.names(), files)  # after updates: each current file's row
         pca_rec = self.record("pca")
         n_keep = int(pca_rec.get("n_keep"))
         features = yield from self.stage(
             "embed",
             embed(self.record("embed"), pixels, feature_store(out, n_keep),
                   lambda: model or load_pca(out / "pca.h5"), pca_key=pca_rec.get("key"),
-                  batch=mem_plan.embed_batch),
+                  batch=mem_plan.embed_batch, rows=rows),
         )  # fmt: skip
         model = None
         self.sampler.stage = "elbow"
@@ -204,16 +203,20 @@ class _Runner:
         if curve.inertias and curve.knee is None and cfg.k is None:
             logger.warning("no clear knee in the inertia curve; using k=%d (set --k to choose)",
                            cfg.k_range[0])  # fmt: skip
-        k = cfg.k if cfg.k is not None else (curve.knee or cfg.k_range[0])
+        grown = self.record("update").data
+        k = cfg.k or (grown["previous_k"] if grown else None) or curve.knee or cfg.k_range[0]
         km = yield from self.stage(
             "cluster",
             cluster(self.record("cluster"), source, k, seed=cfg.seed,
-                    key=cfg.stage_key("cluster"), out_dir=out),
+                    key=cfg.stage_key("cluster"), out_dir=out,
+                    init=previous_centers(out, self.state, k)),
         )  # fmt: skip
         del source
 
         # -- results: labels, model, report, run.json -----------------------------------------
-        names = [os.fsdecode(n) for n in pixels.names()]
+        all_names = pixels.names()
+        names = [os.fsdecode(all_names[i]) for i in rows]
+        compare_labels(out, self.state, names, km)
         skipped = [*scan_skipped, *decoded]
         from .report import report_stage  # imports matplotlib: only now
 
@@ -221,7 +224,7 @@ class _Runner:
             "report",
             report_stage(out, cfg, pixels, names, km, skipped, n_keep=n_keep, k=k,
                          pca=pca_rec.data, elbow=curve, peak=self._peak(),
-                         sample=self.sampler.sample),
+                         sample=self.sampler.sample, rows=rows),
         )  # fmt: skip
         ev = float(pca_rec.get("explained_variance"))
         stages = self.state.data["stages"]

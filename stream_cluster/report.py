@@ -254,6 +254,7 @@ def write_report(
     km: KMeansResult,
     skipped: Sequence[tuple[str, str]],
     info: ReportInputs,
+    rows: np.ndarray | None = None,
 ) -> Generator[Progress, None, None]:
     """The report stage: plots, a montage per cluster and ``index.html`` in ``out_dir``.
 
@@ -286,9 +287,9 @@ def write_report(
         shown = order[: info.montage_images]
         rel = f"montages/cluster-{c:03d}.png"
         if len(shown):
-            rows = pixels.read_rows(shown.tolist())
+            at = shown if rows is None else rows[shown]  # feature row -> pixel-store row
             write_montage(
-                [r.reshape(info.height, info.width) for r in rows],
+                [r.reshape(info.height, info.width) for r in pixels.read_rows(at.tolist())],
                 out_dir / rel,
                 title=f"cluster {c} - {sizes[c]} images (showing {len(shown)} nearest the centre)",
                 captions=[os.path.basename(names[i]) for i in shown],
@@ -352,6 +353,7 @@ def report_stage(
     elbow: Elbow,
     peak: int,
     sample: Callable[[], int] | None = None,
+    rows: np.ndarray | None = None,
 ) -> Generator[Progress, None, np.ndarray]:
     """The report stage: labels.csv, skipped.csv, model.h5, plots, montages and index.html.
 
@@ -383,5 +385,5 @@ def report_stage(
     )  # fmt: skip
     if config.profile_memory and sample is not None:
         sample()
-    yield from write_report(out_dir, pixels, names, km, skipped, info)
+    yield from write_report(out_dir, pixels, names, km, skipped, info, rows)
     return sizes

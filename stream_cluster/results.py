@@ -120,6 +120,7 @@ def write_run_json(
             if s != "ingest+pca" or s in stages
         },
         "peak_rss_bytes": peak_rss,
+        "update": dict(stages.get("update", {})) or None,
         "results": {
             "n_images": result.n_images,
             "n_skipped": result.n_skipped,

@@ -98,7 +98,7 @@ def check_settings(state: RunState, config: RunConfig) -> None:
             )
     for stage in ("elbow", "cluster"):
         rec = state.stage(stage)
-        if rec and rec.get("key") != config.stage_key(stage):
+        if rec and not same_key(rec.get("key"), config.stage_key(stage)):
             logger.info("settings for %s changed; it will run again", stage)
             state.reset([stage, "report"])
 
@@ -126,7 +126,9 @@ def check_inputs(state: RunState, out: Path, files: list[str], digest: str) -> N
     )
     raise CheckpointMismatchError(
         f"The input folder changed since the run folder {out} was made: {detail}{changed}. "
-        f"Rerun with --fresh to start over on the current files, or give another --out folder."
+        f"Rerun with --update to grow the run with the new files (the PCA continues, k-means "
+        f"starts from the previous centres), with --fresh to start over on the current files, or "
+        f"give another --out folder."
     )
 
 

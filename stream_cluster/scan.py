@@ -14,7 +14,7 @@ from pathlib import Path
 
 from .errors import InputError
 
-__all__ = ["IMAGE_SUFFIXES", "ScanResult", "files_digest", "scan"]
+__all__ = ["IMAGE_SUFFIXES", "ScanResult", "file_signatures", "files_digest", "scan"]
 
 logger = logging.getLogger(__name__)
 
@@ -281,3 +281,15 @@ def files_digest(files: Sequence[str], root: str | os.PathLike[str]) -> str:
             meta = f"missing {exc.errno}"
         digest.update(os.fsencode(rel) + b"\0" + meta.encode("ascii") + b"\n")
     return digest.hexdigest()
+
+
+def file_signatures(root: str | os.PathLike[str], files: Sequence[str]) -> list[str]:
+    """``size mtime_ns`` of each file (what tells a changed file from an unchanged one)."""
+    out = []
+    for rel in files:
+        try:
+            st = os.stat(os.path.join(root, rel))
+            out.append(f"{st.st_size} {st.st_mtime_ns}")
+        except OSError as exc:
+            out.append(f"missing {exc.errno}")
+    return out

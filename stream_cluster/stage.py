@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from collections.abc import Generator, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from .checkpoint import RunState
 
@@ -24,6 +25,7 @@ __all__ = [
     "StageRecord",
     "in_background",
     "same_key",
+    "timed",
 ]
 
 
@@ -149,3 +151,15 @@ def in_background(stage: Generator[Progress, None, Any]) -> Iterator[Background]
     finally:
         bg.stop.set()
         thread.join()
+
+
+T = TypeVar("T")
+
+
+def timed(record: StageRecord, stage: Generator[Progress, None, T]) -> Generator[Progress, None, T]:
+    """Run ``stage`` and record its wall time as the record's ``seconds`` (for a stage that runs
+    in the background, beside another that the runner times)."""
+    t0 = time.perf_counter()
+    result = yield from stage
+    record.update(seconds=time.perf_counter() - t0)
+    return result
