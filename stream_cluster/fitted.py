@@ -47,8 +47,11 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: Feature rows compared with the query at a time by :func:`similar` (8 MB at 800 components).
-SEARCH_BLOCK = 2500
+#: Feature rows compared with the query at a time by :func:`similar` (26 MB at 800 components).
+SEARCH_BLOCK = 8192
+# Bound on the float32 error of a squared distance, relative to |f|^2 + |q|^2 (a dot product
+# of 800 float32 terms errs by at most ~800 * 6e-8 of |f| |q|; the bound doubles that).
+_F32_REL = 1e-4
 
 
 def load_model(run: str | os.PathLike[str]) -> FittedModel:
@@ -285,6 +288,32 @@ def _own_row(run_dir: Path, image: Path, names: list[bytes]) -> int | None:
     return None
 
 
+def _search(features: RowStore, query: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Exact ``n`` nearest rows: a float32 pass over each block, then float64 distances for the
+    rows that could be among the nearest given float32's error bound. Ties go to the lower row.
+    """
+    q32 = query.astype(np.float32)
+    q_sq = float(query @ query)
+    best_d = np.empty(0)
+    best_i = np.empty(0, dtype=np.int64)
+    for lo in range(0, len(features), SEARCH_BLOCK):
+        block = features.read(lo, lo + SEARCH_BLOCK)
+        norms = np.einsum("ij,ij->i", block, block)
+        approx = norms - 2.0 * (block @ q32) + np.float32(q_sq)
+        bound = 2.0 * _F32_REL * (float(norms.max()) + q_sq) + 1e-12
+        kth = np.partition(approx, min(n, len(approx)) - 1)[min(n, len(approx)) - 1]
+        if len(best_d) == n:
+            kth = min(kth, best_d[-1])
+        cand = np.nonzero(approx <= kth + bound)[0]
+        rows = block[cand].astype(np.float64)
+        exact = np.maximum(np.einsum("ij,ij->i", rows, rows) - 2.0 * (rows @ query) + q_sq, 0.0)
+        cand_d = np.concatenate([best_d, exact])
+        cand_i = np.concatenate([best_i, cand + lo])
+        order = np.lexsort((cand_i, cand_d))[:n]
+        best_d, best_i = cand_d[order], cand_i[order]
+    return best_d, best_i
+
+
 def similar(
     run: str | os.PathLike[str],
     image: str | os.PathLike[str] | np.ndarray,
@@ -322,19 +351,11 @@ def similar(
             pixels = letterbox_array(image, p.width, p.height)
         else:
             pixels = decode_image(image, p.width, p.height)
-        z = model.pca.transform(pixels.reshape(1, -1), scale=PIXEL_SCALE)[0, : model.n_components]
-        query = z.astype(np.float32).astype(np.float64)
-    best_d = np.empty(0)
-    best_i = np.empty(0, dtype=np.int64)
-    q_sq = float(query @ query)
-    for lo in range(0, len(features), SEARCH_BLOCK):
-        block = features.read(lo, lo + SEARCH_BLOCK).astype(np.float64)
-        d2 = np.einsum("ij,ij->i", block, block) - 2.0 * (block @ query) + q_sq
-        idx = np.arange(lo, lo + len(block))
-        cand_d = np.concatenate([best_d, np.maximum(d2, 0.0)])
-        cand_i = np.concatenate([best_i, idx])
-        order = np.lexsort((cand_i, cand_d))[:n]
-        best_d, best_i = cand_d[order], cand_i[order]
+        # One image: a matrix-vector product over the contiguous components is ~4x faster than
+        # transform's column blocks (same values to float32 rounding).
+        x = pixels.reshape(-1).astype(np.float32) * PIXEL_SCALE - model.pca.mean_.astype(np.float32)
+        query = (model.pca.components_[: model.n_components] @ x).astype(np.float64)
+    best_d, best_i = _search(features, query, n)
     if row is not None:  # the image itself first, at exactly 0 (round-off could reorder ties)
         keep = best_i != row
         best_i = np.concatenate([[row], best_i[keep]])[:n]

@@ -11,11 +11,14 @@ import cv2
 import h5py
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from stream_cluster import RunConfig, assign, load_model, run, similar
 from stream_cluster._cli import main
 from stream_cluster.errors import InputError, StoreError
 from stream_cluster.model import FORMAT_VERSION
+from stream_cluster.store import RowStore
 
 from .conftest import make_shapes_corpus
 
@@ -143,3 +146,32 @@ def test_cli_assign_and_similar(fitted_run: tuple[Path, Path], tmp_path: Path) -
     assert len(lines) == 4 and lines[0]["distance"] == "0"
     assert cv2.imread(str(tmp_path / "m.png")) is not None
     assert main(["assign", str(tmp_path), str(images)]) == 2
+
+
+@settings(max_examples=25, deadline=None)
+@given(n_rows=st.integers(1, 300), n=st.integers(1, 20), seed=st.integers(0, 10_000),
+       dup=st.booleans())
+def test_search_is_exact(tmp_path_factory: pytest.TempPathFactory, n_rows: int, n: int,
+                         seed: int, dup: bool) -> None:
+    """Check the blocked float32-then-float64 search against brute force in float64."""
+    from stream_cluster import fitted
+
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n_rows, 7)).astype(np.float32) * rng.uniform(0.01, 100)
+    if dup:
+        x[n_rows // 2 :] = x[: n_rows - n_rows // 2]  # exact ties
+    q = x[rng.integers(n_rows)].astype(np.float64) + rng.normal(size=7) * 1e-3
+    store = RowStore(tmp_path_factory.mktemp("s") / "f", 7, np.float32)
+    for lo in range(0, n_rows, 37):
+        store.append(x[lo : lo + 37], [b"r%d" % i for i in range(lo, min(lo + 37, n_rows))])
+    old = fitted.SEARCH_BLOCK
+    fitted.SEARCH_BLOCK = 50
+    try:
+        d, i = fitted._search(store, q, n)
+    finally:
+        fitted.SEARCH_BLOCK = old
+    x64 = x.astype(np.float64)
+    brute = np.maximum((x64 * x64).sum(1) - 2 * x64 @ q + q @ q, 0)
+    order = np.lexsort((np.arange(n_rows), brute))[:n]
+    np.testing.assert_allclose(d, brute[order], rtol=1e-9, atol=1e-9)
+    assert set(i.tolist()) == set(order.tolist()) or np.allclose(brute[i], brute[order])
