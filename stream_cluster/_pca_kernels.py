@@ -79,25 +79,64 @@ def _mean_and_var(
 
 
 def _batch_block(
-    buf: np.ndarray, X: np.ndarray, corr: np.ndarray | None, c0: int, c1: int
+    buf: np.ndarray,
+    X: np.ndarray,
+    corr: np.ndarray | None,
+    c0: int,
+    c1: int,
+    scale: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Contiguous float32 rows [X_c; mean correction] of columns c0:c1 (syrk-friendly)."""
+    """Contiguous float32 rows [X_c; mean correction] of columns c0:c1 (syrk-friendly).
+
+    With ``scale``, the rows of X are multiplied by it (in float64, rounded once to float32):
+    a merge's lower block ``diag(sigma_b) V_b`` is formed a block at a time, never whole.
+    """
     n = X.shape[0]
     q = n if corr is None else n + 1
     Y = buf[: q * (c1 - c0)].reshape(q, c1 - c0)
-    Y[:n] = X[:, c0:c1]
+    if scale is None:
+        Y[:n] = X[:, c0:c1]
+    else:
+        np.multiply(X[:, c0:c1], scale[:, None], out=Y[:n])
     if corr is not None:
         Y[n] = corr[c0:c1]
     return Y
 
 
-def _batch_block64(X: np.ndarray, corr: np.ndarray | None, c0: int, c1: int) -> np.ndarray:
+def _batch_block64(
+    X: np.ndarray,
+    corr: np.ndarray | None,
+    c0: int,
+    c1: int,
+    scale: np.ndarray | None = None,
+) -> np.ndarray:
     n = X.shape[0]
     Y = np.empty((n if corr is None else n + 1, c1 - c0), dtype=_F64)
     Y[:n] = X[:, c0:c1]
+    if scale is not None:
+        Y[:n] *= scale[:, None]
     if corr is not None:
         Y[n] = corr[c0:c1]
     return Y
+
+
+def _centre_and_project(
+    X: np.ndarray, V: np.ndarray, mean: np.ndarray, cb: int, scale: Any = None
+) -> np.ndarray:
+    """``float32((X * scale - mean) @ V.T)``: centred in float32 blocks, summed in float64."""
+    n, d = X.shape
+    out = np.zeros((n, V.shape[0]), dtype=_F64)
+    mean32 = mean.astype(_F32)
+    buf = np.empty(n * cb, dtype=_F32)
+    for c0, c1 in _spans(0, d, cb):
+        centred = buf[: n * (c1 - c0)].reshape(n, c1 - c0)
+        if scale is None:
+            np.subtract(X[:, c0:c1], mean32[c0:c1], out=centred, casting="unsafe")
+        else:
+            np.multiply(X[:, c0:c1], _F32(scale), out=centred, casting="unsafe")
+            centred -= mean32[c0:c1]
+        out += centred @ V[:, c0:c1].T
+    return out.astype(_F32)
 
 
 def _scale_old_block(G: np.ndarray, sigma: np.ndarray) -> None:
@@ -179,22 +218,29 @@ def _gram_block(
     p: int,
     c0: int,
     c1: int,
+    scale: np.ndarray | None = None,
 ) -> None:
     """Add columns c0:c1 of the (centred) stack to its Gram matrix (old block unscaled)."""
-    Y = _batch_block(ybuf, X, corr, c0, c1)
+    Y = _batch_block(ybuf, X, corr, c0, c1, scale)
     G[p:, p:] += Y @ Y.T
     if V is not None:
         G[:p, p:] += V[:, c0:c1] @ Y.T
 
 
 def _gram64(
-    X: np.ndarray, V: np.ndarray | None, corr: np.ndarray | None, p: int, q: int, cb: int
+    X: np.ndarray,
+    V: np.ndarray | None,
+    corr: np.ndarray | None,
+    p: int,
+    q: int,
+    cb: int,
+    scale: np.ndarray | None = None,
 ) -> np.ndarray:
     """Gram matrix of the (already centred) stack with float64 GEMMs, unscaled old block."""
     n, d = X.shape
     G = np.zeros((p + q, p + q), dtype=_F64)
     for s0, s1 in _spans(0, d, max(1, cb // _PRECISE_DIVISOR)):
-        Y = _batch_block64(X, corr, s0, s1)
+        Y = _batch_block64(X, corr, s0, s1, scale)
         G[p:, p:] += Y @ Y.T
         if V is not None:
             Vb = V[:, s0:s1].astype(_F64)
@@ -213,8 +259,14 @@ def _project(
     cb: int,
     best: np.ndarray,
     sign: np.ndarray,
+    scale: np.ndarray | None = None,
+    out: np.ndarray | None = None,
 ) -> None:
-    """Pass 2: V[:, blk] <- A V[:, blk] + B Y[:, blk] in place, tracking svd_flip signs."""
+    """Pass 2: out[:, blk] <- A V[:, blk] + B Y[:, blk], tracking svd_flip signs.
+
+    ``out`` defaults to V (in place: each block of V is read before it is overwritten).
+    """
+    out = V if out is None else out
     n, d = X.shape
     k, p = A.shape
     q = B.shape[1]
@@ -226,18 +278,18 @@ def _project(
     sub = max(1, cb // _PRECISE_DIVISOR)
     for c0, c1 in _spans(0, d, cb):
         w = c1 - c0
-        Y = _batch_block(ybuf, X, corr, c0, c1)
-        Vb = V[:, c0:c1]
+        Y = _batch_block(ybuf, X, corr, c0, c1, scale)
+        Vb = out[:, c0:c1]
         new = np.matmul(B32, Y, out=buf1[: k * w].reshape(k, w))
         if precise.size:
             exact = np.empty((precise.size, w), dtype=_F32)
             for s0, s1 in _spans(c0, c1, sub):
-                part = B_p @ _batch_block64(X, corr, s0, s1)
+                part = B_p @ _batch_block64(X, corr, s0, s1, scale)
                 if p:
                     part += A_p @ V[:, s0:s1].astype(_F64)
                 exact[:, s0 - c0 : s1 - c0] = part
         if p:
-            old = np.matmul(A32, Vb, out=buf2[: k * w].reshape(k, w))
+            old = np.matmul(A32, V[:, c0:c1], out=buf2[: k * w].reshape(k, w))
             np.add(old, new, out=Vb)
         else:
             Vb[...] = new

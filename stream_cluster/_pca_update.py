@@ -82,10 +82,41 @@ def gram_partial_fit(
         # batch); measured against the float64 route the explained variance agrees to 2e-7
         # either way. The float64 route below computes it.
         G[:p, :p] += np.eye(p)
+    V_new, new_sigma, lam = solve_stack(G, exact, X, V, sigma, corr, k, n_total, cb)
+    return learned_attributes(V_new, new_sigma, lam, mean, var, n_total, k, k not in (n, d))
+
+
+def solve_stack(
+    G: np.ndarray,
+    exact: bool,
+    X: np.ndarray,
+    V: np.ndarray | None,
+    sigma: np.ndarray,
+    corr: np.ndarray | None,
+    k: int,
+    n_total: int,
+    cb: int,
+    scale: np.ndarray | None = None,
+    out: np.ndarray | None = None,
+    what: str = "X",
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The top ``k`` of the stack ``[diag(sigma) V; diag(scale) X; corr]`` from its Gram matrix.
+
+    ``G`` is pass 1's float32-route Gram matrix (old block unscaled), or empty when ``exact``:
+    the float64 route builds its own. Eigendecomposes it (falling back to float64 when a kept
+    eigenvalue is below ``_FAST_RTOL`` of the largest), then projects the new components into
+    ``out`` (default: V in place, or a new array) with sklearn's signs, completing directions
+    that have no variance. Returns the components, their singular values and all eigenvalues
+    (clipped at 0, ``min(m, d)`` of them).
+    """
+    d = X.shape[1]
+    p = sigma.shape[0]  # rows of the old-components block
+    q = X.shape[0] + (corr is not None)  # rows of the lower block (+ mean-correction row)
+    m = p + q
     if exact:
-        G = _gram64(X, V, corr, p, q, cb)
+        G = _gram64(X, V, corr, p, q, cb, scale)
     if not np.isfinite(G).all():
-        raise ValueError("X contains NaN or infinity.")
+        raise ValueError(f"{what} contains NaN or infinity.")
     _scale_old_block(G, sigma)
     lam, U = _eigh_descending(G)
 
@@ -97,7 +128,7 @@ def gram_partial_fit(
             "matrix in float64.",
             lam[k - 1] / top if top > 0 else 0.0,
         )
-        G = _gram64(X, V, corr, p, q, cb)
+        G = _gram64(X, V, corr, p, q, cb, scale)
         _scale_old_block(G, sigma)
         lam, U = _eigh_descending(G)
         top = max(float(lam[0]), 0.0)
@@ -123,30 +154,46 @@ def gram_partial_fit(
     A = W[:, :p] * sigma[None, :]
     B = W[:, p:]
     del W
-    if V is None:
-        V = np.empty((k, d), dtype=_F32)
+    if out is None:
+        out = np.empty((k, d), dtype=_F32) if V is None else V
     best = np.full(k, -1.0, dtype=_F32)
     sign = np.ones(k, dtype=_F32)
-    _project(X, V, corr, A, B, precise, cb, best, sign)
+    _project(X, out if V is None else V, corr, A, B, precise, cb, best, sign, scale, out)
     if degenerate.size:
-        _complete(V, degenerate, cb, seed=n_total, best=best, sign=sign)
+        _complete(out, degenerate, cb, seed=n_total, best=best, sign=sign)
     for i in np.flatnonzero(sign < 0):
-        np.negative(V[i], out=V[i])
+        np.negative(out[i], out=out[i])
+    return out, new_sigma, lam
 
+
+def learned_attributes(
+    V: np.ndarray,
+    sigma: np.ndarray,
+    lam: np.ndarray,
+    mean: np.ndarray,
+    var: np.ndarray,
+    n_total: int,
+    k: int,
+    noise: bool,
+) -> dict[str, Any]:
+    """The learned attributes by their sklearn names, with sklearn's spectrum definitions.
+
+    ``noise`` False sets ``noise_variance_`` to 0 (sklearn does when nothing was discarded).
+    """
     with np.errstate(divide="ignore", invalid="ignore"):  # 0/0 -> nan, as in sklearn
         ev = lam / (n_total - 1)
         ratio = lam[:k] / np.sum(var * n_total)
     return {
         "components_": V,
-        "singular_values_": new_sigma,
+        "singular_values_": sigma,
         "mean_": mean,
         "var_": var,
         "n_samples_seen_": n_total,
         "explained_variance_": ev[:k],
         "explained_variance_ratio_": ratio,
-        "noise_variance_": float(ev[k:].mean()) if k not in (n, d) else 0.0,
+        "noise_variance_": float(ev[k:].mean()) if noise else 0.0,
         "n_components_": k,
-        "n_features_in_": d,
+        "n_features_in_": V.shape[1],
     }
 
 
