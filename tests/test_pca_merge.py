@@ -327,3 +327,77 @@ def test_merge_refuses_bad_inputs() -> None:
         fitted.merge(IncrementalPCA(4).fit(X))  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="at least one"):
         merge_tree([])
+
+
+# ---------------------------------------------------------------------------- benchmark smoke
+
+
+def test_benchmark_pca_merge_smoke(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Check benchmarks/pca_merge.py end to end on a tiny pixel store, and that it resumes.
+
+    Its timed tree must give merge_tree's model bit for bit; exact merges (rank <= k) must report
+    the sequential explained variance.
+    """
+    from benchmarks import pca_merge
+    from stream_cluster.store import RowStore
+
+    rng = np.random.default_rng(11)  # uint8 rows of rank 6 after centring, no clipping
+    rows = (100 + rng.integers(0, 6, (96, 6)) @ rng.integers(0, 6, (6, 200))).astype(np.uint8)
+    store = RowStore(tmp_path / "run" / "pixels", 200, np.uint8)
+    store.append(rows[:50], [b"a%d" % i for i in range(50)])
+    store.append(rows[50:], [b"b%d" % i for i in range(46)])
+    out = tmp_path / "out"
+    argv = ["--run", str(tmp_path / "run"), "--out", str(out), "--components", "8"]
+    results = pca_merge.main([*argv, "--batch", "12", "--shards", "1,2,3,5"])
+    assert results["rows"] == 96 and set(results["shards"]) == {"1", "2", "3", "5"}
+    for s, entry in results["shards"].items():
+        assert len(entry["merges"]) == int(s) - 1
+        assert abs(entry["ev_diff"]) < 1e-6, (s, entry["ev_diff"])  # rank 6 <= k: exact
+        assert entry["angle_max_deg"] < 0.1
+    assert "| 5 | 19-20 |" in capsys.readouterr().out
+    fits = sorted((out / "fits").glob("*.h5"))
+    shard_paths = [p for p in fits if "-k8-b12" in p.name and p.name.startswith("rows-")]
+    five = [
+        out / "fits" / f"rows-{lo}-{hi}-k8-b12.h5"
+        for lo, hi in [(0, 19), (19, 38), (38, 57), (57, 76), (76, 96)]
+    ]
+    assert all(p in shard_paths for p in five)
+    timed, _ = pca_merge.timed_tree(five, 8)
+    direct = merge_tree([pca_merge.load_model(p) for p in five], n_components=8)
+    for key, value in direct.get_state().items():
+        np.testing.assert_array_equal(value, timed.get_state()[key], err_msg=key)
+    stamps = {p: p.stat().st_mtime_ns for p in fits}
+    again = pca_merge.main([*argv, "--batch", "12", "--shards", "1,2,3,5"])
+    assert {p: p.stat().st_mtime_ns for p in fits} == stamps  # nothing refitted
+    assert again["shards"]["5"]["ev_merged"] == results["shards"]["5"]["ev_merged"]
+
+
+def test_benchmark_pca_merge_decodes_a_corpus(tmp_path: Path) -> None:
+    """Check the --corpus route: images decoded to 300 x 430 into OUT/pixels, then compared."""
+    cv2 = pytest.importorskip("cv2")
+    from benchmarks import pca_merge
+
+    rng = np.random.default_rng(0)
+    for i in range(12):
+        img = (rng.random((20, 16)) * 200 + 20 * (i % 3)).astype(np.uint8)
+        cv2.imwrite(str(tmp_path / f"img{i:02d}.png"), img)
+    out = tmp_path / "out"
+    results = pca_merge.main(
+        [
+            "--corpus",
+            str(tmp_path),
+            "--out",
+            str(out),
+            "--components",
+            "3",
+            "--batch",
+            "6",
+            "--shards",
+            "2",
+        ]
+    )
+    assert results["rows"] == 12 and results["features"] == 300 * 430
+    assert (out / "pixels" / "seg-000000.h5").exists()
+    entry = results["shards"]["2"]
+    assert len(entry["merges"]) == 1 and entry["ev_sequential"] == results["sequential_ev"]
+    assert abs(entry["ev_diff"]) < 0.01  # 12 noisy images, k=3: each half truncates
