@@ -326,8 +326,9 @@ class StreamingPCA:
         -----
         Memory: the result's components (``4 k d`` bytes) and ``O(m^2 + (k + m) *
         block_columns)`` of buffers, ``m = k_a + k_b + 1``; the ``m x d`` stack itself is never
-        formed (it would be 0.8 GB in float64 at m = 801, d = 129,000). Time: two passes over
-        the columns, ``(m^2 + 2 k m) d`` flops, and one eigh of size ``m``.
+        formed (1.65 GB in float64 at k_a = k_b = 800, d = 129,000). Time: two passes over the
+        columns, about ``(m^2 / 2 + k m) d`` multiply-adds in float32 GEMMs (float64 where
+        ``partial_fit`` would use it), and one eigh of size ``m``.
         """
         k = merged_n_components(self, other, n_components)
         merged = type(self)(k, solver=self.solver, copy=self.copy, block_columns=self.block_columns)
