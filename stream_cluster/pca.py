@@ -3,44 +3,29 @@
 from __future__ import annotations
 
 import logging
-import os
-from collections.abc import Iterator, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
-import scipy.linalg
 from sklearn.decomposition import IncrementalPCA
 
+from stream_cluster._pca_kernels import (
+    _F32,
+    _F64,
+    _PRECISE_DIVISOR,
+    _STATS_COLUMNS,
+    _STATS_THREADS,
+    _centre_and_project,
+)
+from stream_cluster._pca_merge import gram_merge, merge_tree, merged_n_components
+from stream_cluster._pca_update import gram_partial_fit
 from stream_cluster.errors import ConfigError, StoreError
 
-__all__ = ["StreamingPCA", "pca_memory_bytes"]
+__all__ = ["StreamingPCA", "merge_tree", "pca_memory_bytes"]
 
 logger = logging.getLogger(__name__)
 
 _SOLVERS = ("gram", "sklearn")
-# Column width of the slices the running mean/variance is computed on; bounds its float64
-# temporary to 8 * batch * 1024 bytes per thread.
-_STATS_COLUMNS = 1024
-# Threads the running mean/variance runs on, one column slice each (numpy releases the GIL;
-# each column's arithmetic is unchanged, so the results stay bitwise sklearn's). The update is
-# memory-bound; on 2 cores two threads took a batch at the seed size from 8.15 to 7.44 s
-# (median of 3, k=800, b=1131).
-_STATS_THREADS = max(1, min(4, os.cpu_count() or 1))
-# The precise (float64) paths work on a quarter of a column block so that their float64
-# copies take no more memory than the float32 buffers of the fast path.
-_PRECISE_DIVISOR = 4
-# Eigenvalues below this fraction of the largest are not trusted from a Gram matrix summed by
-# float32 GEMMs (measured: components lose orthonormality beyond ~1e-5 below it); the batch's
-# Gram matrix is then recomputed in float64 and those components are projected in float64.
-_FAST_RTOL = 2e-5
-# Updates with m^2 d below this many flops (the Gram matrix of the m-row stack) run in float64
-# throughout: under ~0.05 s, and exact to float32 rounding at any eigenvalue ratio.
-_FLOAT64_FLOPS = 2e9
-# Below this fraction even the float64 Gram matrix cannot resolve a direction (its eigenvalue
-# error is ~ m * eps64 * largest): such components are replaced by an orthonormal completion,
-# as sklearn's SVD returns arbitrary orthonormal rows for (numerically) zero singular values.
-_EXACT_RTOL = 1e-10
 # Arrays and scalars that define a fitted estimator (the sklearn attribute names).
 _LEARNED = (
     "components_",
@@ -54,8 +39,6 @@ _LEARNED = (
     "n_components_",
     "n_features_in_",
 )
-_F32 = np.float32
-_F64 = np.float64
 
 
 class StreamingPCA:
@@ -68,6 +51,7 @@ class StreamingPCA:
     one column block at a time, overwriting the old components in place. The stack is never
     held whole. Running mean/variance, explained variance (ratio), singular values, noise
     variance and the sign convention (``svd_flip(u_based_decision=False)``) are sklearn's.
+    Models fitted on separate shards combine with :meth:`merge` and :func:`merge_tree`.
 
     Parameters
     ----------
@@ -192,7 +176,11 @@ class StreamingPCA:
             self._ipca = ipca
             self._sync_from_sklearn()
             return self
-        self._gram_partial_fit(self._validate_batch(X))
+        batch = self._validate_batch(X)
+        prev = self if hasattr(self, "components_") else None
+        learned = gram_partial_fit(batch, int(self.n_components), int(self.block_columns), prev)
+        for name, value in learned.items():
+            setattr(self, name, value)
         return self
 
     def transform(
@@ -225,21 +213,8 @@ class StreamingPCA:
             if scale is not None:
                 arr = np.multiply(arr, _F32(scale), dtype=_F32)
             return np.asarray(self._ipca.transform(arr), dtype=_F32)
-        n, d = arr.shape
-        V = self.components_
-        out = np.zeros((n, V.shape[0]), dtype=_F64)
-        mean32 = self.mean_.astype(_F32)
-        cb = min(int(self.block_columns), d)
-        buf = np.empty(n * cb, dtype=_F32)
-        for c0, c1 in _spans(0, d, cb):
-            centred = buf[: n * (c1 - c0)].reshape(n, c1 - c0)
-            if scale is None:
-                np.subtract(arr[:, c0:c1], mean32[c0:c1], out=centred, casting="unsafe")
-            else:
-                np.multiply(arr[:, c0:c1], _F32(scale), out=centred, casting="unsafe")
-                centred -= mean32[c0:c1]
-            out += centred @ V[:, c0:c1].T
-        return out.astype(_F32)
+        cb = min(int(self.block_columns), arr.shape[1])
+        return _centre_and_project(arr, self.components_, self.mean_, cb, scale)
 
     def get_state(self) -> dict[str, np.ndarray]:
         """Return every parameter and learned array needed to continue exactly.
@@ -309,27 +284,57 @@ class StreamingPCA:
                     f"PCA state array {name} has shape {arrays[name].shape}; expected {shape} "
                     f"for n_components={k}, n_features={d}."
                 )
-        if solver == "sklearn":
-            ipca = IncrementalPCA(n_components=k, copy=est.copy)
-            for name in _LEARNED:
-                value = arrays[name]
-                ipca.__dict__[name] = value if value.ndim else value[()]
-            ipca.n_components_ = int(arrays["n_components_"])
-            ipca.n_features_in_ = d
-            est._ipca = ipca
-            est._sync_from_sklearn()
-            return est
-        est.components_ = np.ascontiguousarray(arrays["components_"], dtype=_F32)
-        est.mean_ = arrays["mean_"].astype(_F64)
-        est.var_ = arrays["var_"].astype(_F64)
-        est.singular_values_ = arrays["singular_values_"].astype(_F64)
-        est.explained_variance_ = arrays["explained_variance_"].astype(_F64)
-        est.explained_variance_ratio_ = arrays["explained_variance_ratio_"].astype(_F64)
-        est.noise_variance_ = float(arrays["noise_variance_"])
-        est.n_samples_seen_ = int(arrays["n_samples_seen_"])
-        est.n_components_ = int(arrays["n_components_"])
-        est.n_features_in_ = d
+        est._adopt(arrays)
         return est
+
+    def merge(self, other: StreamingPCA, *, n_components: int | None = None) -> StreamingPCA:
+        """Return a new model fitted on the samples of both models; neither is modified.
+
+        Counts add; ``mean_`` and ``var_`` merge exactly (Chan et al., written as sklearn's
+        running statistics). The components come from the Gram matrix of the stack
+        ``[diag(s_a) V_a; diag(s_b) V_b; sqrt(n_a n_b / n) (mean_a - mean_b)]`` (``k_a + k_b +
+        1`` rows), ``partial_fit``'s construction with the same kernels, float32/float64
+        routes and sign rule; the spectrum attributes follow sklearn's definitions
+        (``noise_variance_`` is the mean discarded explained variance of that stack).
+
+        The merge equals one model fitted on all the samples (to rounding) when neither model
+        discarded variance, i.e. each part's centred data has rank <= its ``n_components``.
+        Otherwise the variance each model discarded is missing from the result: see
+        :func:`merge_tree`.
+
+        Parameters
+        ----------
+        other : StreamingPCA
+            A fitted model with the same number of features.
+        n_components : int, optional
+            Components of the result, at most ``min(k_a + k_b + 1, n_features)``. Default
+            ``min(k_a, k_b)``.
+
+        Returns
+        -------
+        StreamingPCA
+            With this model's ``solver``, ``copy`` and ``block_columns``.
+
+        Raises
+        ------
+        ValueError
+            If either model is unfitted or their feature counts differ.
+        ConfigError
+            If ``n_components`` is out of range.
+
+        Notes
+        -----
+        Memory: the result's components (``4 k d`` bytes) and ``O(m^2 + (k + m) *
+        block_columns)`` of buffers, ``m = k_a + k_b + 1``; the ``m x d`` stack itself is never
+        formed (1.65 GB in float64 at k_a = k_b = 800, d = 129,000). Time: two passes over the
+        columns, about ``(m^2 / 2 + k m) d`` multiply-adds in float32 GEMMs (float64 where
+        ``partial_fit`` would use it), and one eigh of size ``m``.
+        """
+        k = merged_n_components(self, other, n_components)
+        merged = type(self)(k, solver=self.solver, copy=self.copy, block_columns=self.block_columns)
+        merged._check_params()
+        merged._adopt(gram_merge(self, other, k, int(self.block_columns)))
+        return merged
 
     # ------------------------------------------------------------------ checks
 
@@ -372,350 +377,31 @@ class StreamingPCA:
             return np.array(arr, dtype=_F32, order="C")
         return arr.copy() if self.copy else arr
 
+    def _adopt(self, arrays: Mapping[str, Any]) -> None:
+        """Take checked learned arrays as this estimator's (float32 components not copied)."""
+        if self.solver == "sklearn":
+            ipca = IncrementalPCA(n_components=self.n_components, copy=self.copy)
+            for name in _LEARNED:
+                value = np.asarray(arrays[name])
+                ipca.__dict__[name] = value if value.ndim else value[()]
+            ipca.n_components_ = int(arrays["n_components_"])
+            ipca.n_features_in_ = int(arrays["n_features_in_"])
+            self._ipca = ipca
+            self._sync_from_sklearn()
+            return
+        self.components_ = np.ascontiguousarray(arrays["components_"], dtype=_F32)
+        for name in ("mean_", "var_", "singular_values_", "explained_variance_"):
+            setattr(self, name, np.asarray(arrays[name]).astype(_F64))
+        ratio = np.asarray(arrays["explained_variance_ratio_"])
+        self.explained_variance_ratio_ = ratio.astype(_F64)
+        self.noise_variance_ = float(arrays["noise_variance_"])
+        self.n_samples_seen_ = int(arrays["n_samples_seen_"])
+        self.n_components_ = int(arrays["n_components_"])
+        self.n_features_in_ = int(arrays["n_features_in_"])
+
     def _sync_from_sklearn(self) -> None:
         for name in _LEARNED:
             setattr(self, name, getattr(self._ipca, name))
-
-    # ------------------------------------------------------------------ the Gram update
-
-    def _gram_partial_fit(self, X: np.ndarray) -> None:
-        n, d = X.shape
-        k = int(self.n_components)
-        first = not hasattr(self, "components_")
-        n_seen = 0 if first else int(self.n_samples_seen_)
-        n_total = n_seen + n
-        sigma = np.zeros(0) if first else self.singular_values_
-        V = None if first else self.components_
-        p = 0 if first else k  # rows of the old-components block of the stack
-        q = n if first else n + 1  # rows of the batch block (+ mean-correction row)
-        m = p + q
-        cb = min(int(self.block_columns), d)
-        mean = np.empty(d, dtype=_F64)
-        var = np.empty(d, dtype=_F64)
-        corr = None if first else np.empty(d, dtype=_F64)
-        ybuf = np.empty(q * cb, dtype=_F32)
-
-        # Float64 from the start where it is nearly free (small problems: float32 Gram matrices of
-        # a few columns lose orthonormality at eigenvalue ratios of 1e-4, where large ones average
-        # the rounding out) or where the float32 pass would only be redone: a first batch keeping
-        # at least half its rows keeps directions near its rank, measured below _FAST_RTOL.
-        exact = m * m * d <= _FLOAT64_FLOPS or (first and 2 * k >= n)
-
-        # Pass 1: statistics, centring, and the Gram matrix from float32 GEMMs summed in float64
-        # (the float64 route builds its own after the pass).
-        G = np.zeros((0, 0) if exact else (m, m), dtype=_F64)
-
-        def stats(span: tuple[int, int]) -> None:
-            self._stats_and_centre(X, *span, n_seen, mean, var, corr)
-
-        with ThreadPoolExecutor(_STATS_THREADS, thread_name_prefix="pca-stats") as pool:
-            for c0, c1 in _spans(0, d, cb):
-                # list() waits for every slice (and re-raises a failure) before the GEMMs.
-                list(pool.map(stats, _spans(c0, c1, _STATS_COLUMNS)))
-                if not exact:
-                    self._gram_block(G, X, V, corr, ybuf, p, c0, c1)
-        if not exact and p:
-            # The old components' own block: rows orthonormal to float32 rounding (1.5e-7 at the
-            # seed size), so V V^T is taken as I rather than computed (k^2 d flops, 0.6 s a seed
-            # batch); measured against the float64 route the explained variance agrees to 2e-7
-            # either way. The float64 route below computes it.
-            G[:p, :p] += np.eye(p)
-        if exact:
-            G = self._gram64(X, V, corr, p, q, cb)
-        if not np.isfinite(G).all():
-            raise ValueError("X contains NaN or infinity.")
-        _scale_old_block(G, sigma)
-        lam, U = _eigh_descending(G)
-
-        top = max(float(lam[0]), 0.0)
-        precise = np.zeros(0, dtype=np.intp)
-        if not exact and lam[k - 1] < _FAST_RTOL * top:
-            logger.info(
-                "Smallest kept eigenvalue is %.2e of the largest; recomputing this batch's Gram "
-                "matrix in float64.",
-                lam[k - 1] / top if top > 0 else 0.0,
-            )
-            G = self._gram64(X, V, corr, p, q, cb)
-            _scale_old_block(G, sigma)
-            lam, U = _eigh_descending(G)
-            top = max(float(lam[0]), 0.0)
-            exact = True
-        if exact:
-            small = m * m * d <= _FLOAT64_FLOPS
-            precise = np.arange(k) if small else np.flatnonzero(lam[:k] < _FAST_RTOL * top)
-        del G
-        r = min(m, d)
-        lam = np.clip(lam[:r], 0.0, None)
-        new_sigma = np.sqrt(lam[:k])
-        degenerate = np.flatnonzero(lam[:k] <= _EXACT_RTOL * top)
-        if degenerate.size:
-            logger.info(
-                "%d components have no resolvable direction; completing them.", degenerate.size
-            )
-
-        # new components = W S with W = diag(1/sigma) U_k^T, split as A (old block) and B.
-        W = U[:, :k].T.copy()
-        del U
-        live = np.ones(k, dtype=bool)
-        live[degenerate] = False
-        W[live] /= new_sigma[live, None]
-        W[~live] = 0.0
-        A = W[:, :p] * sigma[None, :]
-        B = W[:, p:]
-        del W
-        if V is None:
-            V = np.empty((k, d), dtype=_F32)
-        best = np.full(k, -1.0, dtype=_F32)
-        sign = np.ones(k, dtype=_F32)
-        self._project(X, V, corr, A, B, precise, cb, best, sign)
-        if degenerate.size:
-            _complete(V, degenerate, cb, seed=n_total, best=best, sign=sign)
-        for i in np.flatnonzero(sign < 0):
-            np.negative(V[i], out=V[i])
-
-        with np.errstate(divide="ignore", invalid="ignore"):  # 0/0 -> nan, as in sklearn
-            ev = lam / (n_total - 1)
-            ratio = lam[:k] / np.sum(var * n_total)
-        self.components_ = V
-        self.singular_values_ = new_sigma
-        self.mean_ = mean
-        self.var_ = var
-        self.n_samples_seen_ = n_total
-        self.explained_variance_ = ev[:k]
-        self.explained_variance_ratio_ = ratio
-        self.noise_variance_ = float(ev[k:].mean()) if k not in (n, d) else 0.0
-        self.n_components_ = k
-        self.n_features_in_ = d
-
-    @staticmethod
-    def _gram_block(
-        G: np.ndarray,
-        X: np.ndarray,
-        V: np.ndarray | None,
-        corr: np.ndarray | None,
-        ybuf: np.ndarray,
-        p: int,
-        c0: int,
-        c1: int,
-    ) -> None:
-        """Add columns c0:c1 of the (centred) stack to its Gram matrix (old block unscaled)."""
-        Y = _batch_block(ybuf, X, corr, c0, c1)
-        G[p:, p:] += Y @ Y.T
-        if V is not None:
-            G[:p, p:] += V[:, c0:c1] @ Y.T
-
-    def _stats_and_centre(
-        self,
-        X: np.ndarray,
-        s0: int,
-        s1: int,
-        n_seen: int,
-        mean: np.ndarray,
-        var: np.ndarray,
-        corr: np.ndarray | None,
-    ) -> None:
-        """Update mean/var of columns s0:s1 as sklearn does and centre them in place."""
-        n = X.shape[0]
-        xs = X[:, s0:s1]
-        if corr is None:
-            mean[s0:s1], var[s0:s1] = _mean_and_var(xs, n_seen, 0.0, 0.0)
-            xs -= mean[s0:s1]
-        else:
-            mean[s0:s1], var[s0:s1] = _mean_and_var(
-                xs, n_seen, self.mean_[s0:s1], self.var_[s0:s1]
-            )
-            batch_mean = np.mean(xs, axis=0)
-            xs -= batch_mean
-            corr[s0:s1] = np.sqrt((n_seen / (n_seen + n)) * n) * (self.mean_[s0:s1] - batch_mean)
-
-    @staticmethod
-    def _gram64(
-        X: np.ndarray, V: np.ndarray | None, corr: np.ndarray | None, p: int, q: int, cb: int
-    ) -> np.ndarray:
-        """Gram matrix of the (already centred) stack with float64 GEMMs, unscaled old block."""
-        n, d = X.shape
-        G = np.zeros((p + q, p + q), dtype=_F64)
-        for s0, s1 in _spans(0, d, max(1, cb // _PRECISE_DIVISOR)):
-            Y = _batch_block64(X, corr, s0, s1)
-            G[p:, p:] += Y @ Y.T
-            if V is not None:
-                Vb = V[:, s0:s1].astype(_F64)
-                G[:p, :p] += Vb @ Vb.T
-                G[:p, p:] += Vb @ Y.T
-        return G
-
-    @staticmethod
-    def _project(
-        X: np.ndarray,
-        V: np.ndarray,
-        corr: np.ndarray | None,
-        A: np.ndarray,
-        B: np.ndarray,
-        precise: np.ndarray,
-        cb: int,
-        best: np.ndarray,
-        sign: np.ndarray,
-    ) -> None:
-        """Pass 2: V[:, blk] <- A V[:, blk] + B Y[:, blk] in place, tracking svd_flip signs."""
-        n, d = X.shape
-        k, p = A.shape
-        q = B.shape[1]
-        A32, B32 = A.astype(_F32), B.astype(_F32)
-        A_p, B_p = A[precise], B[precise]
-        ybuf = np.empty(q * cb, dtype=_F32)
-        buf1 = np.empty(k * cb, dtype=_F32)
-        buf2 = np.empty(k * cb, dtype=_F32)
-        sub = max(1, cb // _PRECISE_DIVISOR)
-        for c0, c1 in _spans(0, d, cb):
-            w = c1 - c0
-            Y = _batch_block(ybuf, X, corr, c0, c1)
-            Vb = V[:, c0:c1]
-            new = np.matmul(B32, Y, out=buf1[: k * w].reshape(k, w))
-            if precise.size:
-                exact = np.empty((precise.size, w), dtype=_F32)
-                for s0, s1 in _spans(c0, c1, sub):
-                    part = B_p @ _batch_block64(X, corr, s0, s1)
-                    if p:
-                        part += A_p @ V[:, s0:s1].astype(_F64)
-                    exact[:, s0 - c0 : s1 - c0] = part
-            if p:
-                old = np.matmul(A32, Vb, out=buf2[: k * w].reshape(k, w))
-                np.add(old, new, out=Vb)
-            else:
-                Vb[...] = new
-            if precise.size:
-                Vb[precise] = exact
-            _track_signs(Vb, buf1[: k * w].reshape(k, w), best, sign)
-
-
-def _spans(start: int, stop: int, width: int) -> Iterator[tuple[int, int]]:
-    for lo in range(start, stop, width):
-        yield lo, min(lo + width, stop)
-
-
-def _mean_and_var(
-    xs: np.ndarray, n_seen: int, last_mean: Any, last_var: Any
-) -> tuple[np.ndarray, np.ndarray]:
-    """sklearn's ``_incremental_mean_and_var`` for finite data, operation for operation.
-
-    The same float64 arithmetic in the same order (so the results are bitwise sklearn's), minus
-    the NaN mask and its float32 copy, which cost two passes and 5 bytes per entry; NaN/inf
-    are rejected later from the Gram matrix instead.
-    """
-    n, w = xs.shape
-    last_count = np.repeat(n_seen, w).astype(_F64)
-    last_sum = last_mean * last_count
-    new_sum = np.sum(xs, axis=0, dtype=_F64)
-    new_count = np.full(w, float(n))
-    updated_count = last_count + new_count
-    updated_mean = (last_sum + new_sum) / updated_count
-    temp = xs - new_sum / new_count
-    correction = np.sum(temp, axis=0)
-    temp **= 2
-    new_unnormalized = np.sum(temp, axis=0)
-    del temp
-    new_unnormalized -= correction**2 / new_count
-    if n_seen == 0:
-        return updated_mean, new_unnormalized / updated_count
-    last_over_new = last_count / new_count
-    updated_unnormalized = (
-        last_var * last_count
-        + new_unnormalized
-        + last_over_new / updated_count * (last_sum / last_over_new - new_sum) ** 2
-    )
-    return updated_mean, updated_unnormalized / updated_count
-
-
-def _batch_block(
-    buf: np.ndarray, X: np.ndarray, corr: np.ndarray | None, c0: int, c1: int
-) -> np.ndarray:
-    """Contiguous float32 rows [X_c; mean correction] of columns c0:c1 (syrk-friendly)."""
-    n = X.shape[0]
-    q = n if corr is None else n + 1
-    Y = buf[: q * (c1 - c0)].reshape(q, c1 - c0)
-    Y[:n] = X[:, c0:c1]
-    if corr is not None:
-        Y[n] = corr[c0:c1]
-    return Y
-
-
-def _batch_block64(X: np.ndarray, corr: np.ndarray | None, c0: int, c1: int) -> np.ndarray:
-    n = X.shape[0]
-    Y = np.empty((n if corr is None else n + 1, c1 - c0), dtype=_F64)
-    Y[:n] = X[:, c0:c1]
-    if corr is not None:
-        Y[n] = corr[c0:c1]
-    return Y
-
-
-def _scale_old_block(G: np.ndarray, sigma: np.ndarray) -> None:
-    """Turn Gram blocks of V into those of diag(sigma) V and mirror the off-diagonal block."""
-    p = sigma.shape[0]
-    if p:
-        G[:p, :p] *= np.outer(sigma, sigma)
-        G[:p, p:] *= sigma[:, None]
-        G[p:, :p] = G[:p, p:].T
-
-
-def _eigh_descending(G: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """All eigenpairs of symmetric G, largest first (divide and conquer, G overwritten)."""
-    # All BLAS threads: 0.85 s instead of 1.35 s at m=1932 on 2 idle cores. LAPACK's
-    # tridiagonalisation makes many small BLAS calls, so a CPU-bound process of equal priority
-    # on the other core makes two threads slower than one (2.2 s); the pipeline therefore runs
-    # its background decoders at low priority (measured 0.85 s beside a nice-19 busy loop).
-    lam, U = scipy.linalg.eigh(G, overwrite_a=True, check_finite=False, driver="evd")
-    return lam[::-1], U[:, ::-1]
-
-
-def _track_signs(
-    block: np.ndarray, scratch: np.ndarray, best: np.ndarray, sign: np.ndarray
-) -> None:
-    """Keep, per row, the sign of the first entry of largest magnitude seen so far."""
-    mag = np.abs(block, out=scratch)
-    idx = np.argmax(mag, axis=1)
-    rows = np.arange(block.shape[0])
-    vals = mag[rows, idx]
-    better = vals > best  # strict: an earlier column wins a tie, as np.argmax does
-    best[better] = vals[better]
-    sign[better] = np.sign(block[rows[better], idx[better]])
-
-
-def _complete(
-    V: np.ndarray, rows: np.ndarray, cb: int, seed: int, best: np.ndarray, sign: np.ndarray
-) -> None:
-    """Replace V[rows] by orthonormal rows orthogonal to the other rows of V.
-
-    Deterministic pseudo-random rows (seeded by ``seed`` and the block) are orthogonalised
-    against the other components and then among themselves (Cholesky QR), in three cheap
-    passes over the columns.
-    """
-    k, d = V.shape
-    j = rows.size
-
-    def random_block(c0: int, c1: int) -> np.ndarray:
-        return np.random.default_rng([seed, c0]).standard_normal((j, c1 - c0), dtype=_F32)
-
-    C = np.zeros((j, k), dtype=_F64)
-    for c0, c1 in _spans(0, d, cb):
-        C += random_block(c0, c1) @ V[:, c0:c1].T
-    C[:, rows] = 0.0
-    C32 = C.astype(_F32)
-    H = np.zeros((j, j), dtype=_F64)
-    for c0, c1 in _spans(0, d, cb):
-        R = random_block(c0, c1)
-        R -= C32 @ V[:, c0:c1]
-        V[rows, c0:c1] = R
-        H += R.astype(_F64) @ R.T.astype(_F64)
-    L = np.linalg.cholesky(H)
-    T = scipy.linalg.solve_triangular(L, np.eye(j), lower=True).astype(_F32)
-    best_j = np.full(j, -1.0, dtype=_F32)
-    sign_j = np.ones(j, dtype=_F32)
-    for c0, c1 in _spans(0, d, cb):
-        block = T @ V[rows, c0:c1]
-        V[rows, c0:c1] = block
-        _track_signs(block, np.empty_like(block), best_j, sign_j)
-    best[rows] = best_j
-    sign[rows] = sign_j
 
 
 def pca_memory_bytes(

@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sklearn.decomposition import IncrementalPCA
 
-import stream_cluster.pca as pca_mod
+import stream_cluster._pca_kernels as kernels_mod
 from stream_cluster.errors import ConfigError, StoreError
 from stream_cluster.pca import StreamingPCA, pca_memory_bytes
 
@@ -122,7 +122,7 @@ def test_streaming_pca_matches_sklearn(
     Problems this small run in float64 by default; "float32" forces the large-problem route.
     """
     if route == "float32":
-        monkeypatch.setattr(pca_mod, "_FLOAT64_FLOPS", 0)
+        monkeypatch.setattr(kernels_mod, "_FLOAT64_FLOPS", 0)
     rng = np.random.default_rng(3)
     n, d = 4 * b + 7, 300
     if data == "uniform":
@@ -155,7 +155,7 @@ def test_streaming_pca_float32_route_at_large_width(
     components stay orthonormal to 1e-8 and match sklearn run in float64.
     """
     X = _spectrum_data(900, 12_000, 30 * np.logspace(0, -top, 120), seed=11, noise=1e-4)
-    assert 501**2 * 12_000 > pca_mod._FLOAT64_FLOPS  # the float32 route, not the small one
+    assert 501**2 * 12_000 > kernels_mod._FLOAT64_FLOPS  # the float32 route, not the small one
     with caplog.at_level(logging.INFO, logger="stream_cluster.pca"):
         ours, ref = _fit_both(X, 100, 400, block_columns=2048)
     assert not any("float64" in rec.getMessage() for rec in caplog.records)
@@ -190,7 +190,7 @@ def test_streaming_pca_ill_conditioned_uses_float64(
     sklearn run in float64 on the same data. (Problems this small run in float64 from the start;
     the threshold is lowered so that the switch itself is tested.)
     """
-    monkeypatch.setattr(pca_mod, "_FLOAT64_FLOPS", 0)
+    monkeypatch.setattr(kernels_mod, "_FLOAT64_FLOPS", 0)
     X = _spectrum_data(600, 400, 30 * np.geomspace(1, 1e-4, 150), seed=7)
     k, b = 110, 150
     ours = StreamingPCA(k, block_columns=128)
