@@ -33,6 +33,11 @@ logger = logging.getLogger(__name__)
 RUN_FILES = (
     "state.json",
     "files.json",
+    "files-sig.json",
+    "order.json",
+    "previous.h5",
+    "assigned.csv",
+    "assigned-skipped.csv",
     "pixels",
     "features",
     "pca-checkpoint.h5",
