@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 from .config import format_bytes
 from .decode import DECODE_MEMORY_CAP, decode_worker_bytes
 from .errors import BudgetError
+from .kmeans import ASSIGN_BATCH, Mode, kmeans_memory_bytes
 from .pca import pca_memory_bytes
 
 __all__ = [
@@ -39,6 +40,8 @@ MAX_SEGMENT_ROWS = 512
 MIN_SEGMENT_ROWS = 16
 #: Rows read from the pixel store (uint8) and scaled into the float32 batch at a time.
 READ_ROWS = 64
+#: Fewest rows per MiniBatchKMeans step the planner will shrink the streamed k-means batch to.
+MIN_KMEANS_BATCH = 256
 
 
 def _best_pca_batch(n_components: int) -> int:
@@ -61,6 +64,13 @@ class MemoryPlan:
     #: Largest modelled decode cost a worker accepts (``decode_image``'s ``memory_cap``).
     decode_cap: int = DECODE_MEMORY_CAP
     stage_bytes: dict[str, int] = field(default_factory=dict)
+    #: Rows per k-means batch (``FeatureSource``'s ``batch_size``): :data:`ASSIGN_BATCH` in
+    #: memory, the MiniBatchKMeans step when streamed.
+    kmeans_batch: int = ASSIGN_BATCH
+    #: The k-means source the "kmeans" stage models, as ``FeatureSource.mode``: "array" (the
+    #: features read into a float32 array), "load" (``FeatureSource(store,
+    #: fit_in_memory=True)``) or "stream" (``FeatureSource(store)``).
+    kmeans_mode: str = "array"
 
     @property
     def peak_bytes(self) -> int:
@@ -77,7 +87,8 @@ class MemoryPlan:
             f"memory budget {format_bytes(self.budget)} (plan fills at most {SAFETY:.0%})",
             f"  PCA batch {self.pca_batch} images, embed batch {self.embed_batch}, "
             f"store segments of {self.segment_rows}, {self.workers} decode worker(s), "
-            f"features {'in memory' if self.features_in_memory else 'streamed'} for k-means, "
+            f"features {_KMEANS_WORDS.get(self.kmeans_mode, self.kmeans_mode)} for k-means "
+            f"(batches of {self.kmeans_batch}), "
             f"decoding {'overlapped with' if self.overlap else 'before'} PCA",
         ]
         if self.decode_cap < DECODE_MEMORY_CAP:
@@ -88,6 +99,9 @@ class MemoryPlan:
         for stage, b in self.stage_bytes.items():
             lines.append(f"  {stage:<8} modelled peak {format_bytes(b)}")
         return "\n".join(lines)
+
+
+_KMEANS_WORDS = {"array": "in memory", "load": "loaded from the store", "stream": "streamed"}
 
 
 def _ingest_bytes(
@@ -119,10 +133,28 @@ def _embed_bytes(k: int, b: int, d: int) -> int:
     return PARENT_BASE_BYTES + k * d * 4 + d * 12 + b * d + 4 * b * cb + b * k * 24
 
 
-def _kmeans_bytes(n_images: int, k_out: int, in_memory: bool, b: int, max_k: int) -> int:
-    rows = n_images if in_memory else b
-    # features, a float64 copy inside scikit-learn's checks, distances/labels per row
-    return PARENT_BASE_BYTES + rows * k_out * 12 + rows * max_k * 8 * 2
+def _kmeans_bytes(n_images: int, n_features: int, max_k: int, mode: Mode, batch: int) -> int:
+    # fit_kmeans, any k <= max_k, on a FeatureSource of this mode and batch size.
+    return PARENT_BASE_BYTES + kmeans_memory_bytes(n_images, n_features, max_k, mode, batch)
+
+
+def _kmeans_plan(
+    n_images: int, k_out: int, max_k: int, embed_batch: int, usable: int, in_memory: Mode
+) -> tuple[Mode, int, int]:
+    """``(mode, batch, modelled bytes)`` of the k-means stages (elbow sweep and clustering).
+
+    Exact k-means (``in_memory``: "array" or "load") when it fits, else MiniBatchKMeans with
+    the pipeline's batch (the embed batch, at least 1024), halved while it does not fit.
+    """
+    need = _kmeans_bytes(n_images, k_out, max_k, in_memory, ASSIGN_BATCH)
+    if need <= usable:
+        return in_memory, ASSIGN_BATCH, need
+    batch = max(embed_batch, 1024)
+    need = _kmeans_bytes(n_images, k_out, max_k, "stream", batch)
+    while need > usable and batch > MIN_KMEANS_BATCH:
+        batch = max(batch // 2, MIN_KMEANS_BATCH)
+        need = _kmeans_bytes(n_images, k_out, max_k, "stream", batch)
+    return "stream", batch, need
 
 
 def plan_memory(
@@ -138,12 +170,18 @@ def plan_memory(
     cpu_count: int = 2,
     max_k: int = 20,
     decode_cap: int = DECODE_MEMORY_CAP,
+    kmeans_from_store: bool = False,
 ) -> MemoryPlan:
     """Choose batch sizes and workers so that every stage's modelled peak fits ``budget``.
 
     ``decode_cap`` is the largest decode cost a worker will accept (default: any image
     ``decode_image`` accepts); a folder's largest :func:`~stream_cluster.decode.decode_cost_bound`
     makes smaller workers, so more of them or decoding overlapped with the PCA may fit.
+
+    ``max_k`` is the largest k the elbow sweep or the final clustering fits. In-memory k-means
+    is modelled on the features read into a float32 array (``FeatureSource(store.read(...))``),
+    or, with ``kmeans_from_store``, on ``FeatureSource(store, fit_in_memory=True)``, which
+    loads the store for each fit and needs ``4 n d`` bytes less; ``kmeans_mode`` says which.
 
     Raises
     ------
@@ -199,12 +237,22 @@ def plan_memory(
         )
 
     k_out = k
-    in_memory = _kmeans_bytes(n_images, k_out, True, embed_batch, max_k) <= usable
+    exact: Mode = "load" if kmeans_from_store else "array"
+    kmeans_mode, kmeans_batch, kmeans_bytes = _kmeans_plan(
+        n_images, k_out, max(max_k, 1), embed_batch, usable, exact
+    )
+    if kmeans_bytes > usable:
+        raise BudgetError(
+            f"--mem-budget {format_bytes(budget)} is too small to cluster {n_images:,} images: "
+            f"streamed k-means needs {format_bytes(kmeans_bytes)} (the labels and distances of "
+            f"every image and batches of {kmeans_batch}) plus {1 - SAFETY:.0%} headroom. "
+            f"Use --mem-budget {_round_up(kmeans_bytes / SAFETY)} or more."
+        )
     stage_bytes = {
         "ingest": ingest_bytes(n_workers, segment_rows),
         "pca": _pca_bytes(k, pca_batch, d, solver),
         "embed": _embed_bytes(k, embed_batch, d),
-        "kmeans": _kmeans_bytes(n_images, k_out, in_memory, embed_batch, max_k),
+        "kmeans": kmeans_bytes,
     }
 
     # Decoding while the PCA fits (the pipeline's faster path) holds both at once. Take it when
@@ -224,10 +272,12 @@ def plan_memory(
         embed_batch=embed_batch,
         segment_rows=segment_rows,
         workers=overlap_workers or n_workers,
-        features_in_memory=in_memory,
+        features_in_memory=kmeans_mode != "stream",
         overlap=overlap_workers > 0,
         decode_cap=int(decode_cap),
         stage_bytes=stage_bytes,
+        kmeans_batch=kmeans_batch,
+        kmeans_mode=kmeans_mode,
     )
 
 

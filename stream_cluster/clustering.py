@@ -26,10 +26,13 @@ logger = logging.getLogger(__name__)
 
 
 def feature_source(features: RowStore, plan: MemoryPlan) -> FeatureSource:
-    """The features as k-means reads them: in memory when the plan says they fit, else streamed."""
-    if plan.features_in_memory:
-        return FeatureSource(features.read(0, len(features)), batch_size=4096)
-    return FeatureSource(features, batch_size=max(plan.embed_batch, 1024))
+    """The features as k-means reads them, as the plan says: loaded for each exact fit, held
+    in memory, or streamed in batches (MiniBatchKMeans) when an exact fit would not fit."""
+    if plan.kmeans_mode == "array":
+        return FeatureSource(features.read(0, len(features)), batch_size=plan.kmeans_batch)
+    return FeatureSource(
+        features, batch_size=plan.kmeans_batch, fit_in_memory=plan.kmeans_mode == "load"
+    )
 
 
 @dataclass(frozen=True)

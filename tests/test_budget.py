@@ -8,10 +8,17 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stream_cluster.budget import SAFETY, plan_memory
+from stream_cluster.budget import (
+    MIN_KMEANS_BATCH,
+    PARENT_BASE_BYTES,
+    SAFETY,
+    _kmeans_bytes,
+    plan_memory,
+)
 from stream_cluster.config import parse_mem
 from stream_cluster.decode import DECODE_MEMORY_CAP
 from stream_cluster.errors import BudgetError
+from stream_cluster.kmeans import ASSIGN_BATCH, kmeans_memory_bytes
 
 dims = st.tuples(st.integers(8, 600), st.integers(8, 600))
 
@@ -111,3 +118,90 @@ def test_plan_explicit_batch_below_components_refused() -> None:
     """Check that --batch-size below --components is refused with both numbers."""
     with pytest.raises(BudgetError, match=r"--batch-size must be >= --components \(50\)"):
         plan_memory(4 * 2**30, n_images=1000, width=30, height=30, n_components=50, batch_size=20)
+
+
+# ---------------------------------------------------------------------------- k-means stage
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    n=st.integers(1, 3_000_000),
+    d=st.integers(1, 2000),
+    k=st.integers(1, 64),
+    b=st.integers(1, 8192),
+    mode=st.sampled_from(["array", "load", "stream"]),
+)
+def test_kmeans_memory_bytes_monotone(n: int, d: int, k: int, b: int, mode: str) -> None:
+    """Check that the k-means model never shrinks with more rows, features, clusters or batch,
+    and that the modes order as their memory does (array >= load; stream the least when it
+    applies to a batch no larger than the in-memory one)."""
+    m = kmeans_memory_bytes(n, d, k, mode, b)  # type: ignore[arg-type]
+    for bn, bd, bk, bb in ((n + 1, d, k, b), (n, d + 1, k, b), (n, d, k + 1, b), (n, d, k, b + 1)):
+        assert kmeans_memory_bytes(bn, bd, bk, mode, bb) >= m  # type: ignore[arg-type]
+    assert kmeans_memory_bytes(n, d, k, "array", b) >= kmeans_memory_bytes(n, d, k, "load", b)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    budget=st.integers(300 * 2**20, 32 * 2**30),
+    n_images=st.integers(1000, 3_000_000),
+    k=st.integers(1, 1000),
+    max_k=st.integers(2, 64),
+    from_store=st.booleans(),
+)
+def test_plan_kmeans_stage_matches_its_source(
+    budget: int, n_images: int, k: int, max_k: int, from_store: bool
+) -> None:
+    """Check that the plan's k-means stage is the model of the source it tells the caller to
+    build (mode, batch, max_k), fits the budget, and is exact k-means whenever that fits."""
+    try:
+        plan = plan_memory(
+            budget, n_images=n_images, width=40, height=30, n_components=k, max_k=max_k,
+            kmeans_from_store=from_store,
+        )
+    except BudgetError:
+        return
+    in_memory_mode = "load" if from_store else "array"
+    assert plan.kmeans_mode in (in_memory_mode, "stream")
+    assert plan.features_in_memory == (plan.kmeans_mode != "stream")
+    assert plan.stage_bytes["kmeans"] == _kmeans_bytes(
+        n_images, k, max_k, plan.kmeans_mode, plan.kmeans_batch  # type: ignore[arg-type]
+    )
+    assert plan.stage_bytes["kmeans"] <= budget * SAFETY
+    exact = _kmeans_bytes(n_images, k, max_k, in_memory_mode, ASSIGN_BATCH)  # type: ignore[arg-type]
+    assert plan.features_in_memory == (exact <= budget * SAFETY)
+    if not plan.features_in_memory:
+        assert MIN_KMEANS_BATCH <= plan.kmeans_batch <= max(plan.embed_batch, 1024)
+
+
+def test_plan_kmeans_models_float64_copies_at_100k() -> None:
+    """Check that 100,000 x 800 features at 2G plan exact k-means with the copies counted.
+
+    Measured above the interpreter (tests/test_kmeans_memory.py, benchmarks/kmeans_memory.py):
+    1,526 MiB from a float32 array, 1,221 MiB loaded from the store; the old model said 1.18 GiB
+    for the whole stage where the run reached 2.25 GiB.
+    """
+    kw = dict(n_images=100_000, width=300, height=430, n_components=800)
+    array = plan_memory(2 * 2**30, **kw)  # type: ignore[arg-type]
+    load = plan_memory(2 * 2**30, **kw, kmeans_from_store=True)  # type: ignore[arg-type]
+    assert array.kmeans_mode == "array" and load.kmeans_mode == "load"
+    n, d = 100_000, 800
+    assert array.stage_bytes["kmeans"] - PARENT_BASE_BYTES >= 20 * n * d
+    assert load.stage_bytes["kmeans"] - PARENT_BASE_BYTES >= 16 * n * d
+    assert array.stage_bytes["kmeans"] - load.stage_bytes["kmeans"] == 4 * n * d
+
+
+def test_plan_kmeans_streams_when_features_do_not_fit() -> None:
+    """Check that a million images at 2G stream k-means in the pipeline's batch, within budget,
+    and that a budget too small even for streaming names one that works."""
+    kw = dict(width=300, height=430, n_components=800)
+    plan = plan_memory(2 * 2**30, n_images=1_000_000, **kw)  # type: ignore[arg-type]
+    assert not plan.features_in_memory and plan.kmeans_mode == "stream"
+    assert plan.kmeans_batch == max(plan.embed_batch, 1024)
+    assert plan.stage_bytes["kmeans"] <= 2 * 2**30 * SAFETY
+    with pytest.raises(BudgetError, match=r"too small to cluster 300,000,000 images") as exc:
+        plan_memory(2 * 2**30, n_images=300_000_000, **kw)  # type: ignore[arg-type]
+    m = re.search(r"--mem-budget (\d+(?:\.\d+)?[MG]) or more", str(exc.value))
+    assert m
+    plan = plan_memory(parse_mem(m.group(1)), n_images=300_000_000, **kw)  # type: ignore[arg-type]
+    assert not plan.features_in_memory
