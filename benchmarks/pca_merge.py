@@ -71,11 +71,15 @@ def open_rows(run: Path | None, corpus: Path | None, out: Path) -> tuple[RowStor
     return store, f"corpus {corpus} ({len(files)} files)"
 
 
+def fit_path(fits: Path, lo: int, hi: int, k: int, batch: int) -> Path:
+    return fits / f"rows-{lo}-{hi}-k{k}-b{batch}.h5"
+
+
 def fit_rows(
     store: RowStore, lo: int, hi: int, k: int, batch: int, fits: Path, source: str
 ) -> tuple[Path, float]:
     """Fit rows [lo, hi) in batches (cached); return the state file and the fit's seconds."""
-    path = fits / f"rows-{lo}-{hi}-k{k}-b{batch}.h5"
+    path = fit_path(fits, lo, hi, k, batch)
     meta = {"source": source, "lo": lo, "hi": hi, "components": k, "batch": batch}
     if path.exists():
         _, saved = load_arrays(path)
@@ -225,6 +229,38 @@ def run(
     return results
 
 
+def side_by_side(
+    store: RowStore, a_path: Path, b_path: Path, k: int, batch: int, repeats: int
+) -> dict[str, Any]:
+    """Median seconds of a merge and of one ``partial_fit`` batch, interleaved in one process.
+
+    On a shared machine the ratio is the robust figure: both runs see the same load. The batch
+    update continues model ``a`` with the ``batch`` rows after its own rows.
+    """
+    a, b = load_model(a_path), load_model(b_path)
+    lo = int(a.n_samples_seen_)
+    merges, updates = [], []
+    load_start = os.getloadavg()
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        a.merge(b, n_components=k)
+        merges.append(time.perf_counter() - t0)
+        model = load_model(a_path)
+        x = np.empty((batch, store.row_size), dtype=np.float32)
+        np.multiply(store.read(lo, lo + batch), PIXEL_SCALE, out=x)
+        t0 = time.perf_counter()
+        model.partial_fit(x)
+        updates.append(time.perf_counter() - t0)
+        del model, x
+    return {
+        "merge_rows": [int(a.n_samples_seen_), int(b.n_samples_seen_)],
+        "merge_seconds": merges,
+        "partial_fit_seconds": updates,
+        "median_ratio": float(np.median(merges) / np.median(updates)),
+        "loadavg": [load_start, os.getloadavg()],
+    }
+
+
 def table(results: dict[str, Any]) -> str:
     """The results as a Markdown table, one row per shard count."""
     lines = [
@@ -258,12 +294,33 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--batch", type=int, default=1131, help="rows per partial_fit (run: 1131)")
     ap.add_argument("--shards", default="1,2,4,8,16", help="comma-separated shard counts")
     ap.add_argument("--limit", type=int, default=None, help="use only the first N rows")
+    ap.add_argument(
+        "--side-by-side",
+        type=int,
+        default=0,
+        metavar="R",
+        help="then time R interleaved (merge, partial_fit batch) pairs: the first merge of the "
+        "most shards with k components each, and the batch after the first shard",
+    )
     args = ap.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     store, source = open_rows(args.run, args.corpus, args.out)
     shard_counts = [int(s) for s in args.shards.split(",")]
     results = run(store, source, args.out, args.components, args.batch, shard_counts, args.limit)
     print(table(results))
+    if args.side_by_side:
+        # The first merge of the most shards whose models have all k components (else the most).
+        k, b = args.components, args.batch
+        counts = sorted((int(s) for s in results["shards"] if int(s) > 1), reverse=True)
+        full = [s for s in counts if min(results["shards"][str(s)]["shard_rows"]) >= k]
+        rows = results["shards"][str((full or counts)[0])]["shard_rows"]
+        fits = args.out / "fits"
+        a_path = fit_path(fits, 0, rows[0], k, b)
+        b_path = fit_path(fits, rows[0], rows[0] + rows[1], k, b)
+        timing = side_by_side(store, a_path, b_path, k, b, args.side_by_side)
+        (args.out / "side_by_side.json").write_text(json.dumps(timing, indent=1))
+        print(json.dumps(timing, indent=1))
+        results["side_by_side"] = timing
     return results
 
 

@@ -367,9 +367,12 @@ def test_benchmark_pca_merge_smoke(tmp_path: Path, capsys: pytest.CaptureFixture
     for key, value in direct.get_state().items():
         np.testing.assert_array_equal(value, timed.get_state()[key], err_msg=key)
     stamps = {p: p.stat().st_mtime_ns for p in fits}
-    again = pca_merge.main([*argv, "--batch", "12", "--shards", "1,2,3,5"])
+    again = pca_merge.main([*argv, "--batch", "12", "--shards", "1,2,3,5", "--side-by-side", "2"])
     assert {p: p.stat().st_mtime_ns for p in fits} == stamps  # nothing refitted
     assert again["shards"]["5"]["ev_merged"] == results["shards"]["5"]["ev_merged"]
+    timing = again["side_by_side"]  # 5 shards of 19-20 rows have all 8 components
+    assert timing["merge_rows"] == [19, 19] and len(timing["partial_fit_seconds"]) == 2
+    assert timing["median_ratio"] > 0
 
 
 def test_benchmark_pca_merge_decodes_a_corpus(tmp_path: Path) -> None:
