@@ -12,6 +12,7 @@ import logging
 import os
 import time
 from collections.abc import Generator
+from pathlib import Path
 from typing import TypeVar
 
 import numpy as np
@@ -65,7 +66,19 @@ def iter_run(
     runfolder.prepare_out_dir(config, fresh)
     csv_path = config.out_dir / "memory.csv" if config.profile_memory else None
     with RunLock(config.out_dir), MemorySampler(csv_path=csv_path) as sampler:
-        return (yield from _Runner(config, sampler).run())
+        _discard_partials(config.out_dir)  # left by a kill -9 or power loss
+        try:
+            return (yield from _Runner(config, sampler).run())
+        except BaseException:  # an error, Ctrl-C/SIGTERM (KeyboardInterrupt), close()
+            _discard_partials(config.out_dir)
+            raise
+
+
+def _discard_partials(out: Path) -> None:
+    """Delete torn ``*.partial`` files of the run folder (call only while holding the lock)."""
+    for folder in (out, out / "pixels", out / "features", out / "montages"):
+        for partial in folder.glob("*.partial"):
+            partial.unlink(missing_ok=True)
 
 
 class _Runner:
