@@ -7,13 +7,16 @@ stream-cluster demo [--out DIR]                             cluster scikit-learn
 
 from __future__ import annotations
 
+import _thread
 import argparse
 import gc
 import logging
 import os
+import select
 import signal
 import sys
 import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
@@ -35,6 +38,7 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 #: After a stop signal, how long the run may take to wind down (finish the numpy call it is in,
 #: close the workers, drop partial files) before it quits at once, as ``kill -9`` would.
 GRACE_SECONDS = 1.5
+_REDELIVER = 0  # not a signal number: asks the watcher thread to raise the stop again
 
 
 class _Stopped(KeyboardInterrupt):
@@ -63,7 +67,9 @@ class _StopOnSignals:
     of a large PCA update can take seconds; so a thread woken by the signal (through
     :func:`signal.set_wakeup_fd`) quits the process at once if the run has not ended
     :data:`GRACE_SECONDS` later, and so does a second signal. Quitting at once is what ``kill
-    -9`` does, which the run folder is built to survive. A signal ignored when the program
+    -9`` does, which the run folder is built to survive. When the exception lands where Python
+    cannot raise it (a weakref callback or ``__del__`` running in garbage collection prints
+    "Exception ignored" and drops it), it is delivered again. A signal ignored when the program
     started (``nohup``, ``&`` in scripts) stays ignored. Outside the main thread nothing is
     installed. ``where`` names the run folder in the messages.
     """
@@ -71,31 +77,55 @@ class _StopOnSignals:
     def __init__(self) -> None:
         self.where = "the run folder"
         self._stopping: list[int] = []
+        self._redeliver = False
         self._done = threading.Event()
         self._previous: dict[int, Any] = {}
         self._pipe: tuple[int, int] | None = None
         self._old_wakeup = -1
+        self._old_hook = sys.unraisablehook
 
     def _handler(self, signum: int, frame: FrameType | None) -> None:
-        if self._stopping:
+        if self._redeliver:
+            self._redeliver = False
+        elif self._stopping:
             os._exit(128 + signum)
         self._stopping.append(signum)
         raise _Stopped(signum)
 
-    def _watch(self, read_fd: int) -> None:
-        while True:
-            try:
-                data = os.read(read_fd, 1)
-            except OSError:
-                return
-            if not data:
-                return
-            if data[0] in STOP_SIGNALS:
-                break
-        if self._done.wait(GRACE_SECONDS):
+    def _unraisable(self, info: Any) -> None:
+        if isinstance(info.exc_value, _Stopped) and self._pipe is not None:
+            # Dropped inside garbage collection; raising again here would be dropped too, so
+            # the watcher raises it again once the main thread has moved on.
+            self._redeliver = True
+            os.write(self._pipe[1], bytes([_REDELIVER]))
             return
-        _say(_stopped_message(data[0], self.where))
-        os._exit(128 + data[0])
+        self._old_hook(info)
+
+    def _watch(self, read_fd: int) -> None:
+        deadline: float | None = None
+        signum = 0
+        try:
+            while True:
+                wait = None if deadline is None else max(0.0, deadline - time.monotonic())
+                if not select.select([read_fd], [], [], wait)[0]:
+                    break  # the grace period is over
+                data = os.read(read_fd, 64)
+                if not data:
+                    return  # the block ended
+                for byte in data:
+                    if byte in STOP_SIGNALS and deadline is None:
+                        signum, deadline = byte, time.monotonic() + GRACE_SECONDS
+                    elif byte == _REDELIVER:
+                        time.sleep(0.01)
+                        _thread.interrupt_main(signal.Signals(self._stopping[-1]))
+        except OSError:
+            return
+        finally:
+            os.close(read_fd)
+        if self._done.is_set():
+            return
+        _say(_stopped_message(signum, self.where))
+        os._exit(128 + signum)
 
     def __enter__(self) -> _StopOnSignals:
         if threading.current_thread() is not threading.main_thread():
@@ -107,6 +137,7 @@ class _StopOnSignals:
         os.set_blocking(write_fd, False)
         self._pipe = (read_fd, write_fd)
         self._old_wakeup = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+        sys.unraisablehook = self._unraisable
         threading.Thread(target=self._watch, args=(read_fd,), name="stop-deadline",
                          daemon=True).start()  # fmt: skip
         return self
@@ -115,6 +146,7 @@ class _StopOnSignals:
         self._done.set()
         if self._pipe is None:
             return
+        sys.unraisablehook = self._old_hook
         signal.set_wakeup_fd(self._old_wakeup)
         for sig, old in self._previous.items():
             signal.signal(sig, old)

@@ -125,25 +125,17 @@ class TreeWatch:
         except psutil.Error:
             return
         for child in children:
-            if child.pid not in self.seen:
+            known = self.seen.get(child.pid)
+            if known is None or _kind(known[1]) == "other":  # may not have exec'd yet
                 try:
-                    self.seen[child.pid] = (child, " ".join(child.cmdline()))
+                    self.seen[child.pid] = (known[0] if known else child,
+                                            " ".join(child.cmdline()))  # fmt: skip
                 except psutil.Error:
                     pass
 
     def kinds(self) -> list[str]:
         """Short names of what was seen: worker, loky-tracker, mp-tracker, other."""
-        names = []
-        for _, cmdline in self.seen.values():
-            if "LokyProcess" in cmdline or "popen_loky" in cmdline:
-                names.append("worker")
-            elif "loky.backend.resource_tracker" in cmdline:
-                names.append("loky-tracker")
-            elif "multiprocessing.resource_tracker" in cmdline:
-                names.append("mp-tracker")
-            else:
-                names.append("other")
-        return names
+        return [_kind(cmdline) for _, cmdline in self.seen.values()]
 
     def survivors(self, timeout: float) -> list[str]:
         """Command lines of seen processes still alive ``timeout`` seconds from now (killed)."""
@@ -160,6 +152,16 @@ class TreeWatch:
             except psutil.Error:
                 pass
         return [c for _, c in alive]
+
+
+def _kind(cmdline: str) -> str:
+    if "LokyProcess" in cmdline or "popen_loky" in cmdline:
+        return "worker"
+    if "loky.backend.resource_tracker" in cmdline:
+        return "loky-tracker"
+    if "multiprocessing.resource_tracker" in cmdline:
+        return "mp-tracker"
+    return "other"
 
 
 def _alive(p: psutil.Process) -> bool:
