@@ -252,3 +252,25 @@ def test_stop_raised_inside_garbage_collection_is_raised_again(tmp_path: Path) -
     r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
     assert r.stdout.split() == ["stopped", str(int(signal.SIGTERM))], r.stdout + r.stderr
     assert r.returncode == 0 and "Exception ignored" not in r.stderr, r.stderr
+
+
+def test_partial_files_left_by_a_kill_are_removed_at_the_next_start(
+    shapes_dir: Path, tmp_path: Path
+) -> None:
+    """Check that ``*.partial`` files a kill -9 left behind are deleted once the lock is held."""
+    from stream_cluster import RunConfig
+    from stream_cluster.pipeline import iter_run
+
+    out = tmp_path / "run"
+    torn = [out / "state.json.partial", out / "pca-checkpoint.h5.partial",
+            out / "pixels" / "seg-000000.h5.partial", out / "montages" / "cluster-000.png.partial"]
+    for path in torn:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"torn")
+    config = RunConfig(input_dir=shapes_dir, out_dir=out, width=16, height=20, n_components=8,
+                       k=3, workers=0)  # fmt: skip
+    gen = iter_run(config)
+    next(gen)  # the scan: the run has started
+    assert [p for p in torn if p.exists()] == []
+    gen.close()
+    assert lock_is_free(out)
