@@ -29,7 +29,6 @@ if TYPE_CHECKING:
     from .pipeline import ProgressEvent, RunResult
 
 EXIT_ERROR = 2
-EXIT_INTERRUPTED = 130
 #: Signals that stop a run as Ctrl-C does; the exit code is 128 + the signal number (130, 143,
 #: 129), as a shell reports a process killed by that signal.
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
