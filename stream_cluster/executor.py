@@ -119,12 +119,14 @@ def _watch_parent(parent: int) -> None:
 
 
 def _init_worker(parent: int, nice: int, stderr_log: str | None) -> None:
-    """Prepare a worker: exit with the parent, ignore Ctrl-C, lower priority, quiet stderr."""
+    """Prepare a worker: exit with the parent, ignore stop signals, lower priority, quiet stderr."""
     threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
     if os.getppid() != parent:  # the parent died while this worker started
         os._exit(1)
-    # Ctrl-C goes to the whole process group; only the parent decides how to stop.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # Ctrl-C, and SIGTERM/SIGHUP from batch systems or a closing terminal, reach the whole
+    # process group; only the parent decides how to stop (it shuts the pool down).
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_IGN)
     if nice:
         os.nice(nice)
     if stderr_log is not None:

@@ -67,7 +67,12 @@ def iter_run(
     runfolder.prepare_out_dir(config, fresh)
     csv_path = config.out_dir / "memory.csv" if config.profile_memory else None
     with RunLock(config.out_dir), MemorySampler(csv_path=csv_path) as sampler:
-        return (yield from _Runner(config, sampler, update).run())
+        runfolder.discard_partials(config.out_dir)  # left by a kill -9 or power loss
+        try:
+            return (yield from _Runner(config, sampler, update).run())
+        except BaseException:  # an error, Ctrl-C/SIGTERM (KeyboardInterrupt), close()
+            runfolder.discard_partials(config.out_dir)
+            raise
 
 
 class _Runner:

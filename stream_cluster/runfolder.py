@@ -24,6 +24,7 @@ __all__ = [
     "check_disk",
     "check_inputs",
     "check_settings",
+    "discard_partials",
     "prepare_out_dir",
 ]
 
@@ -182,3 +183,10 @@ def check_decoded(
             f"--strict: {len(skipped)} image(s) could not be used, e.g. "
             f"{skipped[0][0]!r}: {skipped[0][1]}. See {out / 'skipped.csv'}."
         )
+
+
+def discard_partials(out: Path) -> None:
+    """Delete torn ``*.partial`` files of the run folder (call only while holding the lock)."""
+    for folder in (out, out / "pixels", out / "features", out / "montages"):
+        for partial in folder.glob("*.partial"):
+            partial.unlink(missing_ok=True)
