@@ -6,8 +6,9 @@ time, embed reads whole 1,131-row batches; every read opens the segment file and
 ``read_direct``s into a preallocated buffer, as ``RowStore.read`` does. Data: a seeded sample of
 the prepared clip-art corpus and seeded photo-like images (smooth noise, gradients, texture).
 Timings are medians over interleaved repeats in one process (warm page cache unless a column
-says cold); peak extra memory is measured in a fresh child process per case (peak RSS minus
-RSS before the first read, the output buffer already touched).
+says cold), shown as "wall (CPU)" MB/s: the CPU time of the reading thread hardly depends on
+what else the shared machine runs, wall time does. Peak extra memory is measured in a fresh
+child process per case (peak RSS minus RSS before the first read or write, buffers touched).
 
 Run from the repository root (writes ``benchmarks/RESULTS_codecs.md``)::
 
@@ -209,43 +210,60 @@ def measure_peak(case: Case, folder: Path, op: str) -> int:
     return int(json.loads(done.stdout.strip().splitlines()[-1])["extra"])
 
 
+def _now() -> tuple[float, float]:
+    return time.perf_counter(), time.thread_time()
+
+
+def _since(start: tuple[float, float]) -> tuple[float, float]:
+    """(wall, CPU) seconds since ``start``; CPU time of this thread barely moves with load."""
+    now = _now()
+    return now[0] - start[0], max(now[1] - start[1], 1e-9)
+
+
+def _speeds(mb: float, times: dict[str, list[tuple[float, float]]]) -> dict[str, float]:
+    """MB/s from the median wall time (``*_mbs``) and the median CPU time (``*_cpu_mbs``)."""
+    out = {}
+    for key, runs in times.items():
+        out[f"{key}_mbs"] = mb / statistics.median(w for w, _ in runs)
+        out[f"{key}_cpu_mbs"] = mb / statistics.median(c for _, c in runs)
+    return out
+
+
 def run_cases(
     rows: np.ndarray, cases: list[Case], work: Path, repeats: int, segment_rows: int, memory: bool
 ) -> list[dict[str, float]]:
     """Interleave ``repeats`` rounds over ``cases``; medians of speeds, ratio, peak memory."""
     mb = rows.nbytes / 1e6
-    times: dict[Case, dict[str, list[float]]] = {c: {} for c in cases}
+    times: dict[Case, dict[str, list[tuple[float, float]]]] = {c: {} for c in cases}
     sizes: dict[Case, int] = {}
     out = np.empty((PCA_BATCH, rows.shape[1]), np.uint8)
     for _ in range(repeats):
         for case in cases:
             folder = work / "case"
             shutil.rmtree(folder, ignore_errors=True)
-            t0 = time.perf_counter()
+            t0 = _now()
             paths = write_segments(rows, folder, case, segment_rows)
-            t1 = time.perf_counter()
+            got = {"write": _since(t0)}
             _fsync_all(paths)
             sizes[case] = sum(p.stat().st_size for p in paths)
             reader = _Reader(paths, segment_rows, case.rdcc_nbytes)
-            got = {"write": t1 - t0}
             for pattern in ("pca", "embed"):
-                t = time.perf_counter()
+                t = _now()
                 read_pattern(reader, len(rows), pattern, out)
-                got[pattern] = time.perf_counter() - t
+                got[pattern] = _since(t)
             last = (len(rows) - 1) // PCA_BATCH * PCA_BATCH
             if not np.array_equal(out[: len(rows) - last], rows[last:]):
                 raise AssertionError(f"{case.label}: rows read back differ from rows written")
             _evict(paths)
-            t = time.perf_counter()
+            t = _now()
             read_pattern(reader, len(rows), "embed", out)
-            got["cold"] = time.perf_counter() - t
+            got["cold"] = _since(t)
             for key, value in got.items():
                 times[case].setdefault(key, []).append(value)
     results = []
     for case in cases:
-        med = {k: statistics.median(v) for k, v in times[case].items()}
         res = {"case": case.label, "ratio": rows.nbytes / sizes[case], "size": sizes[case]}
-        res.update({f"{k}_mbs": mb / v for k, v in med.items()})
+        res.update(_speeds(mb, times[case]))
         if memory:
             folder = work / "mem"
             shutil.rmtree(folder, ignore_errors=True)
@@ -269,7 +287,7 @@ def run_store(
     from stream_cluster.store import RowStore
 
     mb = rows.nbytes / 1e6
-    times: dict[str, dict[str, list[float]]] = {c: {} for c in codecs}
+    times: dict[str, dict[str, list[tuple[float, float]]]] = {c: {} for c in codecs}
     sizes: dict[str, int] = {}
     names = [b"x"] * segment_rows
     for _ in range(repeats):
@@ -277,23 +295,23 @@ def run_store(
             folder = work / "store"
             shutil.rmtree(folder, ignore_errors=True)
             store = RowStore(folder, rows.shape[1], np.uint8, compression=codec)
-            t = time.perf_counter()
+            t = _now()
             for lo in range(0, len(rows), segment_rows):
                 part = rows[lo : lo + segment_rows]
                 store.append(part, names[: len(part)])
-            got = {"write": time.perf_counter() - t}
+            got = {"write": _since(t)}
             paths = sorted(folder.glob("seg-*.h5"))
             sizes[codec] = sum(p.stat().st_size for p in paths)
             for pattern in ("pca", "embed", "cold"):
                 if pattern == "cold":
                     _evict(paths)
-                t = time.perf_counter()
+                t = _now()
                 for lo in range(0, len(rows), PCA_BATCH):
                     hi = min(lo + PCA_BATCH, len(rows))
                     step = READ_ROWS if pattern == "pca" else PCA_BATCH
                     for s0 in range(lo, hi, step):
                         x = store.read(s0, min(s0 + step, hi))
-                got[pattern] = time.perf_counter() - t
+                got[pattern] = _since(t)
                 if not np.array_equal(x, rows[s0 : s0 + len(x)]):
                     raise AssertionError(f"RowStore {codec}: rows read back differ")
             for key, value in got.items():
@@ -301,23 +319,21 @@ def run_store(
     shutil.rmtree(work / "store", ignore_errors=True)
     results = []
     for codec in codecs:
-        med = {k: statistics.median(v) for k, v in times[codec].items()}
         res = {"case": f"RowStore {codec}", "ratio": rows.nbytes / sizes[codec]}
-        res.update({f"{k}_mbs": mb / v for k, v in med.items()})
+        res.update(_speeds(mb, times[codec]))
         results.append(res)
     return results
 
 
 def _table(results: list[dict[str, float]]) -> str:
     mem = "mem_pca" in results[0]
-    head = "| case | ratio | size/raw | write MB/s | read MB/s (PCA 64-row) | read MB/s (embed) |"
-    head += " cold read MB/s (embed) |" + (" extra MiB read PCA / embed / write |" if mem else "")
+    head = "| case | ratio | size/raw | write MB/s | read MB/s: PCA 64-row | embed 1,131-row |"
+    head += " embed, cold |" + (" extra MiB read PCA / embed / write |" if mem else "")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in results:
-        line = (
-            f"| {r['case']} | {r['ratio']:.2f} | {1 / r['ratio']:.3f} | {r['write_mbs']:.0f} | "
-            f"{r['pca_mbs']:.0f} | {r['embed_mbs']:.0f} | {r['cold_mbs']:.0f} |"
-        )
+        line = f"| {r['case']} | {r['ratio']:.2f} | {1 / r['ratio']:.3f} |"
+        for k in ("write", "pca", "embed", "cold"):
+            line += f" {r[f'{k}_mbs']:.0f} ({r[f'{k}_cpu_mbs']:.0f}) |"
         if mem:
             parts = (r["mem_pca"], r["mem_embed"], r["mem_write"])
             line += " " + " / ".join(f"{v / 2**20:.1f}" for v in parts) + " |"

@@ -115,7 +115,7 @@ def _tasks(
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Generate the corpus; print images/s, peak memory of the workers and bytes on disk."""
+    """Generate the corpus; print images/s, CPU per image, workers' peak RSS and disk use."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("src", type=Path, help="folder of source images (the prepared clip-art)")
     ap.add_argument("out", type=Path, help="output folder (created; existing images are kept)")
@@ -145,10 +145,13 @@ def main(argv: list[str] | None = None) -> int:
     elapsed = time.perf_counter() - t0
     files = [output_path(args.out, i, args.per_folder) for i in range(args.n)]
     disk = sum(p.stat().st_size for p in files)
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    peak, cpu = usage.ru_maxrss * 1024, usage.ru_utime + usage.ru_stime
     print(
         f"{done} images written, {args.n - done} kept, in {elapsed:.1f} s "
-        f"({done / elapsed if elapsed else 0:.0f} images/s with {args.workers} workers); "
+        f"({done / elapsed if elapsed else 0:.0f} images/s with {args.workers} workers, "
+        f"{f'{1e3 * cpu / done:.1f}' if done else '-'} ms of worker CPU an image, load average "
+        f"{os.getloadavg()[0]:.1f}); "
         f"{args.n} files, {disk / 1e6:.0f} MB on disk ({disk / args.n / 1e3:.1f} KB an image); "
         f"peak RSS of one worker {peak / 2**20:.0f} MiB"
     )
