@@ -4,6 +4,13 @@ A store is a folder of immutable segment files ``seg-000000.h5``. A segment is w
 ``*.partial``, flushed, fsynced, closed and only then renamed into place, so a kill at any
 moment leaves either a whole segment or a ``.partial`` file that is deleted on the next open:
 a torn HDF5 write is never trusted. Rows keep the order in which they were appended.
+
+Segments are self-describing: each ``rows`` dataset is chunked (whole rows, about
+``CHUNK_BYTES`` a chunk), carries the codec it was written with (``attrs["compression"]``, one
+of ``COMPRESSIONS``) and a Fletcher-32 checksum per chunk, so a store written with one codec
+is read by any store object, and a flipped bit on disk is an error naming the file instead of
+wrong pixels. The codec choice and its costs are measured in ``benchmarks/codecs.py``
+(``benchmarks/RESULTS_codecs.md``).
 """
 
 from __future__ import annotations
@@ -22,17 +29,41 @@ import numpy as np
 from .errors import DiskFullError, StoreError
 
 __all__ = [
+    "AUTO_UINT8",
+    "CHUNK_BYTES",
+    "COMPRESSIONS",
     "RowStore",
     "atomic_write_bytes",
+    "chunk_rows",
     "fsync_dir",
     "raise_if_disk_full",
+    "resolve_compression",
+    "store_io_bytes",
     "write_h5_atomically",
 ]
 
 logger = logging.getLogger(__name__)
 
 _SEG_FMT = "seg-{:06d}.h5"
-_FORMAT = "stream-cluster-rows/1"
+#: Format 2 adds chunking, ``attrs["compression"]`` and Fletcher-32; format 1 segments (raw,
+#: contiguous) are still read.
+_FORMAT = "stream-cluster-rows/2"
+_FORMATS_READ = ("stream-cluster-rows/1", _FORMAT)
+
+#: Codecs a segment can be written with: "none" (raw), "lz4" and "zstd" (level 1) from
+#: hdf5plugin. "auto" picks per dtype, see ``resolve_compression``.
+COMPRESSIONS = ("none", "lz4", "zstd")
+#: The codec "auto" gives uint8 (pixel) rows: the best ratio at a read speed far above the
+#: PCA's use of it (benchmarks/RESULTS_codecs.md). Other dtypes (float32 features) get "none":
+#: PCA features do not compress.
+AUTO_UINT8 = "zstd"
+#: Target size of one HDF5 chunk of whole rows; 8 rows of 300x430 uint8 pixels (1,032,000 B).
+CHUNK_BYTES = 2**20
+#: Codecs whose HDF5 filter lives in hdf5plugin (imported only when one is used).
+_PLUGIN_CODECS = frozenset({"lz4", "zstd"})
+#: Raw-data chunk cache per open segment. Every read opens the file and reads each chunk once,
+#: so a cache only costs memory (HDF5 2.0's default is 8 MiB per open dataset).
+_RDCC_NBYTES = 0
 
 
 def fsync_dir(path: Path) -> None:
@@ -79,16 +110,20 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 
 def write_h5_atomically(
-    path: Path, fill: Callable[[h5py.File], None], needed: int | None = None
+    path: Path,
+    fill: Callable[[h5py.File], None],
+    needed: int | None = None,
+    rdcc_nbytes: int | None = None,
 ) -> None:
     """Write an HDF5 file via ``*.partial``, flush, fsync and rename, marking it complete.
 
     ``fill(f)`` writes the content; a reader trusts only files with ``attrs["complete"] == 1``.
     On any error the partial file is deleted and out-of-space becomes a DiskFullError.
+    ``rdcc_nbytes`` sets the file's chunk cache (HDF5's default if None).
     """
     tmp = path.with_name(path.name + ".partial")
     try:
-        with h5py.File(tmp, "w") as f:
+        with h5py.File(tmp, "w", rdcc_nbytes=rdcc_nbytes) as f:
             fill(f)
             f.attrs["complete"] = 1
             f.flush()
@@ -101,6 +136,80 @@ def write_h5_atomically(
             raise_if_disk_full(exc, path.parent, needed)
         raise
     fsync_dir(path.parent)
+
+
+def resolve_compression(compression: str, dtype: np.dtype | type) -> str:
+    """The codec name a store of ``dtype`` writes for ``compression`` ("auto" or a codec)."""
+    if compression == "auto":
+        return AUTO_UINT8 if np.dtype(dtype) == np.uint8 else "none"
+    if compression not in COMPRESSIONS:
+        raise StoreError(
+            f"compression must be 'auto' or one of {', '.join(COMPRESSIONS)}. "
+            f"Got {compression!r} instead."
+        )
+    return compression
+
+
+def chunk_rows(row_size: int, dtype: np.dtype | type) -> int:
+    """Rows per HDF5 chunk: as many whole rows as fit in ``CHUNK_BYTES``, at least one."""
+    return max(1, CHUNK_BYTES // max(1, int(row_size) * np.dtype(dtype).itemsize))
+
+
+def store_io_bytes(
+    row_size: int,
+    compression: str = "auto",
+    dtype: np.dtype | type = np.uint8,
+    rows: int = 4096,
+) -> int:
+    """Extra memory of one read or append of up to ``rows`` rows, beyond the rows themselves.
+
+    The store opens one segment at a time, with no chunk cache, and HDF5 moves whole chunks
+    through the filter pipeline: the stored chunk, the decoded one and, when writing, the
+    codec's output (Fletcher-32 alone needs the same buffers), plus the codec's state and
+    HDF5's bookkeeping per chunk touched. Model: ``3 * chunk + 3 MiB + 4 KiB * chunks``.
+    It bounds the peak extra RSS measured in fresh processes (HDF5 2.0.0, hdf5plugin 7.1.0;
+    ``tests/test_store.py`` checks it): 129,000-byte rows, reads of 64 and 1,131 rows and
+    appends of 512 rows (the first append of a process costs ~1.2 MiB more), clip-art and
+    random (incompressible, the worst) rows, codecs none, lz4 and zstd. With 1, 8 and 64 rows
+    a chunk the largest peaks measured were 4.6, 5.1 and 25.7 MiB (zstd, random rows, first
+    append); the model gives 5.4, 6.2 and 26.7 MiB. The store's chunks are about
+    ``CHUNK_BYTES`` (1 MiB), so this is about 6 MiB for any codec: ``compression`` is only
+    validated. Not included: importing hdf5plugin, once per process that opens an lz4 or
+    zstd store (about 6 MiB of RSS, measured; the first ``RowStore`` of such a codec does it).
+    """
+    resolve_compression(compression, dtype)
+    per_chunk = chunk_rows(row_size, dtype)
+    chunk = per_chunk * int(row_size) * np.dtype(dtype).itemsize
+    touched = -(-max(1, int(rows)) // per_chunk) + 1  # a read may start inside a chunk
+    return 3 * chunk + 3 * 2**20 + 4096 * touched
+
+
+def _require_codec(name: str, where: Path) -> None:
+    """Register the HDF5 filter that ``name`` needs, in this process, before any read or write."""
+    if name not in COMPRESSIONS:
+        raise StoreError(
+            f"Segment {where} was written with compression {name!r}, which this version of "
+            f"stream-cluster cannot read (it knows {', '.join(COMPRESSIONS)}). Upgrade, or "
+            f"rerun with --fresh to rebuild the store."
+        )
+    if name in _PLUGIN_CODECS:
+        try:
+            import hdf5plugin  # noqa: F401  (registers the LZ4/Zstd filters with HDF5)
+        except ImportError as exc:
+            raise StoreError(
+                f"Segment {where} uses compression {name!r}, which needs the hdf5plugin "
+                f"package: pip install hdf5plugin"
+            ) from exc
+
+
+def _filter_kwargs(name: str) -> dict[str, object]:
+    """``create_dataset`` keyword arguments of codec ``name`` (after ``_require_codec``)."""
+    if name == "none":
+        return {}
+    import hdf5plugin
+
+    plugin = hdf5plugin.LZ4() if name == "lz4" else hdf5plugin.Zstd(clevel=1)
+    return dict(plugin)
 
 
 @dataclass(frozen=True)
@@ -121,15 +230,31 @@ class RowStore:
         Values per row (pixels per image, or PCA components).
     dtype : numpy dtype
         ``uint8`` for pixels, ``float32`` for features.
+    compression : str, default="auto"
+        Codec of the segments this object writes: one of ``COMPRESSIONS``, or "auto"
+        (``AUTO_UINT8`` for uint8 rows, "none" otherwise). Reading does not depend on it: each
+        segment says how it was written.
 
-    Memory: constant; reading rows ``[a, b)`` allocates exactly ``(b - a) * row_size`` items.
+    Memory: reading rows ``[a, b)`` allocates ``(b - a) * row_size`` items for the result plus
+    the codec's buffers, ``store_io_bytes(row_size, compression, dtype)``, while a segment is
+    open (one at a time).
     """
 
-    def __init__(self, directory: Path, row_size: int, dtype: np.dtype | type) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        row_size: int,
+        dtype: np.dtype | type,
+        compression: str = "auto",
+    ) -> None:
         self.directory = Path(directory)
         self.row_size = int(row_size)
         self.dtype = np.dtype(dtype)
+        self.compression = resolve_compression(compression, self.dtype)
         self.directory.mkdir(parents=True, exist_ok=True)
+        # Import the codec's filters now, so the one-off cost (hdf5plugin: ~6 MiB of RSS,
+        # measured) lands here and not inside an append that the memory plan sized.
+        _require_codec(self.compression, self.directory)
         self._segments: list[_Segment] = []
         # One writer thread may append while another reads committed rows.
         self._lock = threading.Lock()
@@ -152,7 +277,8 @@ class RowStore:
             path = self.directory / name
             try:
                 with h5py.File(path, "r") as f:
-                    ok = f.attrs.get("format") == _FORMAT and f.attrs.get("complete") == 1
+                    ok = f.attrs.get("format") in _FORMATS_READ and f.attrs.get("complete") == 1
+                    codec = str(f.attrs.get("compression", "none"))
                     rows = f["rows"]
                     n = rows.shape[0]
                     if (
@@ -167,6 +293,7 @@ class RowStore:
                     f"Segment {path} is unreadable ({exc}). It was complete when written, so the "
                     f"disk or someone else changed it; rerun with --fresh to rebuild."
                 ) from exc
+            _require_codec(codec, path)
             self._segments.append(_Segment(path, start, start + n))
             start += n
 
@@ -193,10 +320,18 @@ class RowStore:
             lo, hi = max(start, seg.start), min(stop, seg.stop)
             if lo >= hi:
                 continue
-            with h5py.File(seg.path, "r") as f:
-                f["rows"].read_direct(
-                    out, np.s_[lo - seg.start : hi - seg.start], np.s_[pos : pos + hi - lo]
-                )
+            try:
+                with h5py.File(seg.path, "r", rdcc_nbytes=_RDCC_NBYTES) as f:
+                    f["rows"].read_direct(
+                        out, np.s_[lo - seg.start : hi - seg.start], np.s_[pos : pos + hi - lo]
+                    )
+            except OSError as exc:
+                # A chunk whose Fletcher-32 checksum fails, or that its codec cannot decode.
+                raise StoreError(
+                    f"Segment {seg.path} is corrupt: rows {lo - seg.start}..{hi - seg.start - 1} "
+                    f"cannot be read ({exc}). It was complete when written, so the disk or "
+                    f"someone else changed it; rerun with --fresh to rebuild."
+                ) from exc
             pos += hi - lo
         return out[:pos]
 
@@ -213,8 +348,14 @@ class RowStore:
         with self._lock:
             segments = list(self._segments)
         for seg in segments:
-            with h5py.File(seg.path, "r") as f:
-                result.extend(bytes(x) for x in f["names"][:])
+            try:
+                with h5py.File(seg.path, "r") as f:
+                    result.extend(bytes(x) for x in f["names"][:])
+            except OSError as exc:
+                raise StoreError(
+                    f"Segment {seg.path} is corrupt: its names cannot be read ({exc}); "
+                    f"rerun with --fresh to rebuild."
+                ) from exc
         return result
 
     def iter_batches(self, batch_size: int, start: int = 0) -> Iterator[tuple[int, np.ndarray]]:
@@ -234,13 +375,27 @@ class RowStore:
         if len(names) != rows.shape[0]:
             raise StoreError(f"append got {rows.shape[0]} rows but {len(names)} names")
         final = self.directory / _SEG_FMT.format(len(self._segments))
+        n = rows.shape[0]
+        # HDF5 cannot chunk an empty dataset (nor checksum an unchunked one).
+        layout: dict[str, object] = (
+            {
+                "chunks": (min(n, chunk_rows(self.row_size, self.dtype)), self.row_size),
+                "fletcher32": True,
+                **_filter_kwargs(self.compression),
+            }
+            if n
+            else {}
+        )
 
         def fill(f: h5py.File) -> None:
             f.attrs["format"] = _FORMAT
-            f.create_dataset("rows", data=rows)
+            f.attrs["compression"] = self.compression
+            f.create_dataset("rows", data=rows, **layout)
             f.create_dataset("names", data=np.array(list(names), dtype=h5py.vlen_dtype(bytes)))
 
-        write_h5_atomically(final, fill, rows.nbytes)
+        # The chunk cache must be set on the file: create_dataset(rdcc_nbytes=0) does not stop
+        # HDF5 2.0 from caching written chunks (8 MiB more, measured).
+        write_h5_atomically(final, fill, rows.nbytes, rdcc_nbytes=_RDCC_NBYTES)
         with self._lock:
             start = len(self)
             self._segments = [*self._segments, _Segment(final, start, start + rows.shape[0])]
