@@ -39,6 +39,15 @@ class StoreError(StreamClusterError):
     """The on-disk store or a checkpoint is unreadable, torn or tampered with."""
 
 
+class CorruptSegmentError(StoreError):
+    """A complete store segment fails its checksum: the disk (or someone) changed it."""
+
+    def __init__(self, message: str, segment: object = None, index: int = -1) -> None:
+        super().__init__(message)
+        self.segment = segment
+        self.index = index
+
+
 class RunLockedError(StreamClusterError):
     """Another stream-cluster process holds the run folder."""
 

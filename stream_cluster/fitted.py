@@ -32,7 +32,7 @@ from .kmeans import FeatureSource
 from .kmeans import assign as nearest_centre
 from .model import FittedModel
 from .scan import scan
-from .stage import Progress
+from .stage import Progress, run_to_end
 from .store import RowStore, atomic_write_bytes
 
 __all__ = [
@@ -243,13 +243,8 @@ def assign(
     **options: object,
 ) -> AssignResult:
     """Run :func:`iter_assign` to the end (same options) and return its result."""
-    gen = iter_assign(run, inputs, **options)  # type: ignore[arg-type]
-    while True:
-        try:
-            next(gen)
-        except StopIteration as stop:
-            result: AssignResult = stop.value
-            return result
+    result: AssignResult = run_to_end(iter_assign(run, inputs, **options))  # type: ignore[arg-type]
+    return result
 
 
 @dataclass(frozen=True)

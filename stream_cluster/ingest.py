@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from .decode import DECODE_MEMORY_CAP, DecodeChunk, DecodeTask, decode_many
+from .errors import CorruptSegmentError
 from .executor import Executor, InlineExecutor, LocalExecutor
 from .scan import file_signatures
 from .stage import Progress, StageRecord
@@ -34,6 +35,7 @@ __all__ = [
     "decode_many",
     "ingest",
     "processing_order",
+    "repair_segment",
     "run_ingest",
     "start_ingest",
 ]
@@ -245,3 +247,27 @@ def run_ingest(
         )
     record.update(done=True, rows=len(pixels))
     return skipped
+
+
+def repair_segment(
+    pixels: RowStore, index: int, root: Path, width: int, height: int
+) -> int:
+    """Decode a corrupt pixel segment's images again from their source files and rewrite it.
+
+    Decoding is deterministic, so the rows are the bytes first written. Returns the number of
+    images re-ingested; raises CorruptSegmentError naming the segment when a source is gone.
+    """
+    names = pixels.segment_names(index)
+    rels = [os.fsdecode(n) for n in names]
+    rows, reasons = decode_many(os.fspath(root), rels, width, height)
+    lost = [(rel, why) for rel, why in zip(rels, reasons) if why is not None]
+    if lost:
+        raise CorruptSegmentError(
+            f"Segment {pixels.directory / f'seg-{index:06d}.h5'} is corrupt and cannot be "
+            f"rebuilt: its source image {lost[0][0]!r} is gone or unreadable ({lost[0][1]}). "
+            f"Restore the file, or rerun with --fresh to start over.",
+            None,
+            index,
+        )
+    pixels.replace_segment(index, rows, names)
+    return len(names)

@@ -21,6 +21,7 @@ from .checkpoint import RunLock, RunState
 from .clustering import Elbow, cluster, elbow, feature_source
 from .config import RunConfig
 from .embed import embed, feature_store
+from .errors import CorruptSegmentError
 from .fit_pca import RowsFeed, fit_pca, load_pca
 from .ingest import run_ingest, start_ingest
 from .memprofile import MemorySampler
@@ -28,7 +29,7 @@ from .pca import StreamingPCA
 from .planner import disk_need, plan, plan_folder, plan_run
 from .results import RunResult, write_run_json, write_skipped
 from .scan import files_digest, scan
-from .stage import Progress, ProgressEvent, StageRecord, in_background, timed
+from .stage import Progress, ProgressEvent, StageRecord, in_background, run_to_end, timed
 from .store import RowStore
 from .update import active_rows, compare_labels, ingest_order, previous_centers, start_update
 
@@ -40,19 +41,13 @@ STAGES = ("scan", "ingest", "pca", "embed", "elbow", "cluster", "report")
 #: Niceness of decode workers running beside the PCA: they take only the CPU its BLAS threads
 #: leave idle, so the PCA, which decides the wall time, never waits for a core.
 BACKGROUND_NICE = 19
-_LATER = ["pca", "embed", "elbow", "cluster", "report"]
 T = TypeVar("T")
 
 
 def run(config: RunConfig, *, fresh: bool = False, update: bool = False) -> RunResult:
     """Run (or resume, or with ``update`` grow) the whole pipeline and return its result."""
-    gen = iter_run(config, fresh=fresh, update=update)
-    while True:
-        try:
-            next(gen)
-        except StopIteration as stop:
-            result: RunResult = stop.value
-            return result
+    result: RunResult = run_to_end(iter_run(config, fresh=fresh, update=update))
+    return result
 
 
 def iter_run(
@@ -68,11 +63,16 @@ def iter_run(
     csv_path = config.out_dir / "memory.csv" if config.profile_memory else None
     with RunLock(config.out_dir), MemorySampler(csv_path=csv_path) as sampler:
         runfolder.discard_partials(config.out_dir)  # left by a kill -9 or power loss
-        try:
-            return (yield from _Runner(config, sampler, update).run())
-        except BaseException:  # an error, Ctrl-C/SIGTERM (KeyboardInterrupt), close()
-            runfolder.discard_partials(config.out_dir)
-            raise
+        for attempt in range(4):
+            try:
+                return (yield from _Runner(config, sampler, update).run())
+            except CorruptSegmentError as exc:  # bit rot: rebuild the segment, then resume
+                if attempt == 3 or not runfolder.repair(config, exc):
+                    raise
+            except BaseException:  # an error, Ctrl-C/SIGTERM (KeyboardInterrupt), close()
+                runfolder.discard_partials(config.out_dir)
+                raise
+    raise AssertionError("unreachable")
 
 
 class _Runner:
@@ -134,7 +134,7 @@ class _Runner:
         pca_rec = self.record("pca")
         if pca_rec.data and not pca_rec.done and pca_rec.get("batch") != mem_plan.pca_batch:
             logger.warning("the PCA batch no longer fits the budget; the PCA restarts")
-            self.state.reset(_LATER)
+            self.state.reset(list(STAGES[2:]))
             (out / "pca-checkpoint.h5").unlink(missing_ok=True)
         runfolder.check_disk(out, disk_need(out, cfg, len(files), self.record("pca").done))
         ingest_rec = self.record("ingest")

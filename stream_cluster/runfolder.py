@@ -12,10 +12,19 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from .checkpoint import RunState
 from .config import RunConfig, format_bytes
-from .errors import CheckpointMismatchError, ConfigError, DiskFullError, InputError
+from .errors import (
+    CheckpointMismatchError,
+    ConfigError,
+    CorruptSegmentError,
+    DiskFullError,
+    InputError,
+)
 from .stage import same_key
+from .store import RowStore
 
 __all__ = [
     "RUN_FILES",
@@ -26,6 +35,7 @@ __all__ = [
     "check_settings",
     "discard_partials",
     "prepare_out_dir",
+    "repair",
 ]
 
 logger = logging.getLogger(__name__)
@@ -190,3 +200,20 @@ def discard_partials(out: Path) -> None:
     for folder in (out, out / "pixels", out / "features", out / "montages"):
         for partial in folder.glob("*.partial"):
             partial.unlink(missing_ok=True)
+
+
+def repair(config: RunConfig, exc: CorruptSegmentError) -> bool:
+    """Rebuild a corrupt pixel segment from its images, or drop corrupt features to re-embed."""
+    out, path = config.out_dir, Path(str(exc.segment))
+    if path.parent == out / "pixels":
+        from .ingest import repair_segment  # imports the decoders: only when needed
+
+        pixels = RowStore(out / "pixels", config.n_features, np.uint8)
+        n = repair_segment(pixels, exc.index, config.input_dir, config.width, config.height)
+        logger.warning("%s was corrupt; re-ingested its %d images from the source files", path, n)
+        return True
+    if path.parent == out / "features":
+        logger.warning("%s was corrupt; the features are computed again", path)
+        RunState(out / "state.json").reset(["embed", "elbow", "cluster", "report"])
+        return True
+    return False

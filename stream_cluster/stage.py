@@ -24,6 +24,7 @@ __all__ = [
     "ProgressEvent",
     "StageRecord",
     "in_background",
+    "run_to_end",
     "same_key",
     "timed",
 ]
@@ -163,3 +164,13 @@ def timed(record: StageRecord, stage: Generator[Progress, None, T]) -> Generator
     result = yield from stage
     record.update(seconds=time.perf_counter() - t0)
     return result
+
+
+def run_to_end(gen: Generator[Any, None, T]) -> T:
+    """Consume a progress generator and return what it returns (``StopIteration.value``)."""
+    while True:
+        try:
+            next(gen)
+        except StopIteration as stop:
+            value: T = stop.value
+            return value

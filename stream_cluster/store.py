@@ -26,7 +26,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from .errors import DiskFullError, StoreError
+from .errors import CorruptSegmentError, DiskFullError, StoreError
 
 __all__ = [
     "AUTO_UINT8",
@@ -316,7 +316,7 @@ class RowStore:
         pos = 0
         with self._lock:
             segments = list(self._segments)
-        for seg in segments:
+        for index, seg in enumerate(segments):
             lo, hi = max(start, seg.start), min(stop, seg.stop)
             if lo >= hi:
                 continue
@@ -327,10 +327,12 @@ class RowStore:
                     )
             except OSError as exc:
                 # A chunk whose Fletcher-32 checksum fails, or that its codec cannot decode.
-                raise StoreError(
+                raise CorruptSegmentError(
                     f"Segment {seg.path} is corrupt: rows {lo - seg.start}..{hi - seg.start - 1} "
                     f"cannot be read ({exc}). It was complete when written, so the disk or "
-                    f"someone else changed it; rerun with --fresh to rebuild."
+                    f"someone else changed it; rerun with --fresh to rebuild.",
+                    seg.path,
+                    index,
                 ) from exc
             pos += hi - lo
         return out[:pos]
@@ -399,6 +401,33 @@ class RowStore:
         with self._lock:
             start = len(self)
             self._segments = [*self._segments, _Segment(final, start, start + rows.shape[0])]
+
+    def segment_names(self, index: int) -> list[bytes]:
+        """Names of the rows of segment ``index`` (to rebuild it from its source files)."""
+        path = self._segments[index].path
+        try:
+            with h5py.File(path, "r") as f:
+                return [bytes(x) for x in f["names"][:]]
+        except OSError as exc:
+            raise CorruptSegmentError(
+                f"Segment {path} is corrupt: its names cannot be read ({exc}); rerun with "
+                f"--fresh to rebuild.",
+                path,
+                index,
+            ) from exc
+
+    def replace_segment(self, index: int, rows: np.ndarray, names: Sequence[bytes]) -> None:
+        """Rewrite segment ``index`` atomically with the same number of rows (a repair)."""
+        seg = self._segments[index]
+        if len(names) != seg.stop - seg.start:
+            raise StoreError(f"{seg.path} holds {seg.stop - seg.start} rows, not {len(names)}")
+        with self._lock:
+            kept, self._segments = self._segments, self._segments[:index]
+        try:  # append writes seg-<index>.h5.partial and renames it over the corrupt file
+            self.append(rows, names)
+        finally:
+            with self._lock:
+                self._segments = kept
 
     def truncate_segments(self, n_segments: int) -> None:
         """Drop segments past the first ``n_segments`` (used when a stage restarts)."""
