@@ -119,11 +119,20 @@ def write_h5_atomically(
 
     ``fill(f)`` writes the content; a reader trusts only files with ``attrs["complete"] == 1``.
     On any error the partial file is deleted and out-of-space becomes a DiskFullError.
-    ``rdcc_nbytes`` sets the file's chunk cache (HDF5's default if None).
+    ``rdcc_nbytes`` is accepted for compatibility; the chunk cache is always off when writing.
     """
     tmp = path.with_name(path.name + ".partial")
+    # HDF5 buffers small raw writes (sieve buffer, chunk cache) until the dataset is closed,
+    # and h5py drops errors raised then: on a full disk a small file was committed torn
+    # without an error (tests/test_faults_disk.py). With both buffers off, every write fails
+    # where it happens.
+    fapl = h5py.h5p.create(h5py.h5p.FILE_ACCESS)
+    fapl.set_sieve_buf_size(0)
+    fapl.set_cache(0, 0, 0, 0.75)
+    fapl.set_fclose_degree(h5py.h5f.CLOSE_STRONG)
     try:
-        with h5py.File(tmp, "w", rdcc_nbytes=rdcc_nbytes) as f:
+        fid = h5py.h5f.create(os.fsencode(tmp), h5py.h5f.ACC_TRUNC, fapl=fapl)
+        with h5py.File(fid) as f:
             fill(f)
             f.attrs["complete"] = 1
             f.flush()

@@ -245,11 +245,6 @@ print(outcome, state, flush=True)
 """
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "store.write_h5_atomically commits torn HDF5 files on a full disk: HDF5's 64 KiB sieve "
-    "buffer writes small datasets when h5py closes them, where h5py drops the error; the "
-    "process then crashes at exit (fix proposed to the store.py owner: sieve buffer 0 and "
-    "H5F_CLOSE_STRONG)"))  # fmt: skip
 @pytest.mark.parametrize(("what", "leave"), [("segment", 4096), ("segment", 16384),
                                             ("segment", 40960), ("checkpoint", 4096),
                                             ("checkpoint", 8192)])  # fmt: skip
