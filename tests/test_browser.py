@@ -158,6 +158,8 @@ def test_browser_cluster_link_opens_page_with_all_members(page: Page, report: Pa
     sizes = Counter(c for _, c in _labels(report))
     for c in range(3):
         watch = _open(page, report / "index.html")
+        # load every image first: leaving while lazy ones load aborts them (ERR_ABORTED)
+        assert page.evaluate(_BROKEN_IMAGES) == []
         page.locator("ul.legend a", has_text=f"cluster {c}").click()
         page.wait_for_load_state("load")
         assert page.url.endswith(f"/clusters/{c}.html")
@@ -170,11 +172,13 @@ def test_browser_cluster_link_opens_page_with_all_members(page: Page, report: Pa
 def test_browser_click_on_a_point_opens_its_cluster(page: Page, report: Path) -> None:
     """Check that clicking a point opens the page of that image's cluster, at that image."""
     watch = _open(page, report / "index.html")
+    assert page.evaluate(_BROKEN_IMAGES) == []  # nothing left loading to abort on leaving
     page.locator("#map").scroll_into_view_if_needed()
     start = page.evaluate("window.streamClusterMap.start")
     j = start[2]  # the image nearest the centre of cluster 2
     x, y = page.evaluate(f"window.streamClusterMap.screenPosition({j})")
     page.mouse.move(x, y)
+    page.wait_for_function("document.querySelector('#map-tip img').naturalWidth > 0")
     hit = page.evaluate("window.streamClusterMap.hovered()")
     want = page.evaluate(f"window.streamClusterMap.pageUrl({hit})")
     # the point clicked is j, or one within 8 px of it (an identical image)
