@@ -229,7 +229,7 @@ class _Runner:
             "report",
             report_stage(out, cfg, pixels, names, km, skipped, n_keep=n_keep, k=k,
                          pca=pca_rec.data, elbow=curve, peak=self._peak(),
-                         sample=self.sampler.sample, rows=rows),
+                         sample=self.sampler.sample, features=features, rows=rows),
         )  # fmt: skip
         ev = float(pca_rec.get("explained_variance"))
         stages = self.state.data["stages"]

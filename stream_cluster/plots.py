@@ -10,9 +10,10 @@ import csv
 import logging
 import math
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from matplotlib import font_manager
@@ -23,7 +24,13 @@ from matplotlib.ticker import MaxNLocator
 from .errors import ConfigError, StoreError
 from .montage import display_name
 
-__all__ = ["MEMORY_CSV_HEADER", "plot_elbow", "plot_memory_timeline", "plot_variance"]
+__all__ = [
+    "MEMORY_CSV_HEADER",
+    "plot_cluster_sizes",
+    "plot_elbow",
+    "plot_memory_timeline",
+    "plot_variance",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -165,6 +172,30 @@ def plot_variance(
     _save(fig, out)
 
 
+def _mark_k(ax: Any, ks: list[int], ys: np.ndarray, chosen_k: int, how: str,
+            annotate: bool) -> None:
+    """Mark ``chosen_k`` on one panel: a dashed line, a circle on its point, a label."""
+    ax.axvline(chosen_k, color="tab:red", linestyle="--", linewidth=1.0, alpha=0.7)
+    if chosen_k in ks:
+        y_k = float(ys[ks.index(chosen_k)])
+        ax.plot([chosen_k], [y_k], "o", markersize=13, markerfacecolor="none",
+                markeredgecolor="tab:red", markeredgewidth=2.0)
+    else:  # a fixed k outside the sweep: mark it on the axis, nothing to circle
+        y_k = float(ys.min())
+        ax.set_xlim(min(ks[0], chosen_k) - 0.5, max(ks[-1], chosen_k) + 0.5)
+    if not annotate:
+        return
+    # put the label on the side with more room so it never leaves the axes
+    right = chosen_k <= (min(ks) + max(ks)) / 2
+    ax.annotate(
+        f"k = {chosen_k}{how}", xy=(chosen_k, y_k),
+        xytext=(30 if right else -30, 30), textcoords="offset points",
+        ha="left" if right else "right", fontsize=11, color="tab:red",
+        arrowprops={"arrowstyle": "->", "color": "tab:red"},
+        bbox={"boxstyle": "round", "fc": "white", "ec": "tab:red", "alpha": 0.9},
+    ).set_parse_math(False)
+
+
 def plot_elbow(
     ks: Sequence[int],
     inertias: Sequence[float],
@@ -172,8 +203,10 @@ def plot_elbow(
     *,
     chosen_k: int | None,
     method: str = "",
+    scores: Mapping[int, float] | None = None,
+    score_label: str = "silhouette",
 ) -> None:
-    """Plot k-means inertia against k with the chosen k marked and annotated.
+    """Plot k-means inertia against k, and a second criterion below it, chosen k marked on both.
 
     Parameters
     ----------
@@ -182,13 +215,19 @@ def plot_elbow(
     inertias : sequence of float
         Finite inertia per k.
     out : pathlib.Path
-        PNG to write (800 x 500 px); written atomically, parent folders created.
+        PNG to write (800 x 500 px, or 800 x 800 px with ``scores``); written atomically,
+        parent folders created.
     chosen_k : int or None
         The k used, normally one of ``ks`` (a fixed k outside the sweep is marked by a
         vertical line only); None writes "no clear knee" on the plot.
     method : str, default=""
         How k was chosen (e.g. ``KneeResult.method``), shown next to the mark; unused
         when ``chosen_k`` is None.
+    scores : mapping of int to float, optional
+        A second criterion per k (e.g. silhouette on a sample: higher is better), drawn in a
+        panel under the inertia; non-finite values are left out.
+    score_label : str, default="silhouette"
+        The second panel's y-axis label.
 
     Raises
     ------
@@ -204,34 +243,24 @@ def plot_elbow(
         )
     if not np.all(np.isfinite(ys)):
         raise ConfigError(f"inertias must be finite. Got {ys.tolist()!r} instead.")
+    second = sorted((int(k), float(v)) for k, v in (scores or {}).items() if math.isfinite(v))
 
-    fig = _plot_figure()
-    ax = fig.add_subplot()
+    if second:
+        fig = Figure(figsize=(_PLOT_SIZE[0], 8.0), dpi=_DPI, layout="constrained")
+        ax, ax2 = fig.subplots(2, 1, sharex=True)
+    else:
+        fig, ax2 = _plot_figure(), None
+        ax = fig.add_subplot()
     ax.plot(ks_list, ys, "o-", color="tab:blue", linewidth=1.6, markersize=5)
-    ax.set_xlabel("number of clusters k")
     ax.set_ylabel("inertia (sum of squared distances to centres)")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(True, alpha=0.3)
+    (ax2 or ax).set_xlabel("number of clusters k")
     how = f" ({_drawable(method, 10.0)})" if method else ""
     if chosen_k is not None:
-        ax.axvline(chosen_k, color="tab:red", linestyle="--", linewidth=1.0, alpha=0.7)
-        if chosen_k in ks_list:
-            y_k = float(ys[ks_list.index(chosen_k)])
-            ax.plot([chosen_k], [y_k], "o", markersize=13, markerfacecolor="none",
-                    markeredgecolor="tab:red", markeredgewidth=2.0)
-        else:  # a fixed k outside the sweep: mark it on the axis, nothing to circle
-            y_k = float(ys.min())
+        if chosen_k not in ks_list:
             how += ", not in the sweep"
-            ax.set_xlim(min(ks_list[0], chosen_k) - 0.5, max(ks_list[-1], chosen_k) + 0.5)
-        # put the label on the side with more room so it never leaves the axes
-        right = chosen_k <= (min(ks_list) + max(ks_list)) / 2
-        ax.annotate(
-            f"k = {chosen_k}{how}", xy=(chosen_k, y_k),
-            xytext=(30 if right else -30, 30), textcoords="offset points",
-            ha="left" if right else "right", fontsize=11, color="tab:red",
-            arrowprops={"arrowstyle": "->", "color": "tab:red"},
-            bbox={"boxstyle": "round", "fc": "white", "ec": "tab:red", "alpha": 0.9},
-        ).set_parse_math(False)
+        _mark_k(ax, ks_list, ys, chosen_k, how, annotate=True)
         ax.set_title(f"Elbow: inertia vs k — chosen k = {chosen_k}{how}")
     else:
         # top right is empty on a decreasing curve
@@ -241,6 +270,65 @@ def plot_elbow(
                 parse_math=False)
         ax.set_title("Elbow: inertia vs k — no clear knee")
     ax.title.set_parse_math(False)
+    if ax2 is not None:
+        sk = [k for k, _ in second]
+        sv = np.asarray([v for _, v in second])
+        ax2.plot(sk, sv, "s-", color="tab:green", linewidth=1.6, markersize=5)
+        ax2.set_ylabel(_drawable(score_label, 10.0))
+        ax2.grid(True, alpha=0.3)
+        best = sk[int(np.argmax(sv))]
+        ax2.plot([best], [float(sv.max())], "^", color="tab:green", markersize=10,
+                 label=f"highest: k = {best}")
+        if chosen_k is not None:
+            _mark_k(ax2, sk, sv, chosen_k, how, annotate=False)
+        ax2.legend(loc="best").get_texts()[0].set_parse_math(False)
+        ax2.set_title(f"{_drawable(score_label, 10.0)} vs k (higher is better)")
+        ax2.title.set_parse_math(False)
+        ax2.yaxis.label.set_parse_math(False)
+    _save(fig, out)
+
+
+def plot_cluster_sizes(
+    sizes: Sequence[int], out: Path, *, colours: Sequence[str] | None = None
+) -> None:
+    """Bar chart of the number of images in each cluster.
+
+    Parameters
+    ----------
+    sizes : sequence of int
+        Images per cluster, indexed by cluster label (at least one, >= 0).
+    colours : sequence of str, optional
+        One matplotlib colour per cluster (the map's), default all blue.
+    out : pathlib.Path
+        PNG to write (800 x 400 px); written atomically, parent folders created.
+
+    Raises
+    ------
+    ConfigError
+        If ``sizes`` is empty or has a negative count.
+    """
+    counts = np.asarray(list(sizes), dtype=np.int64)
+    if counts.ndim != 1 or counts.size == 0 or np.any(counts < 0):
+        raise ConfigError(
+            f"sizes must be a non-empty list of counts >= 0. Got {counts.tolist()!r} instead."
+        )
+    fig = Figure(figsize=(_PLOT_SIZE[0], 4.0), dpi=_DPI, layout="constrained")
+    ax = fig.add_subplot()
+    labels = np.arange(counts.size)
+    ax.bar(labels, counts, color=list(colours) if colours else "tab:blue", width=0.8)
+    if counts.size <= 40:
+        ax.set_xticks(labels)
+        for x, n in zip(labels, counts):
+            ax.text(float(x), float(n), f"{n:,}", ha="center", va="bottom", fontsize=8)
+    ax.set_xlabel("cluster")
+    ax.set_ylabel("images")
+    ax.set_xlim(-0.6, counts.size - 0.4)
+    ax.set_ylim(0, max(1, int(counts.max())) * 1.1)
+    if counts.size > 40:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.grid(True, axis="y", alpha=0.3)
+    ax.set_title(f"Cluster sizes: {int(counts.sum()):,} images in {counts.size} clusters "
+                 f"(smallest {int(counts.min()):,}, largest {int(counts.max()):,})")
     _save(fig, out)
 
 

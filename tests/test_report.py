@@ -14,14 +14,18 @@ from hypothesis import strategies as st
 
 from stream_cluster import montage, report
 from stream_cluster.errors import ConfigError, StoreError
+from stream_cluster.pages import content_security_policy, map_script
 from stream_cluster.report import (
-    ClusterSummary,
+    ClusterRow,
+    MapData,
     display_name,
+    plot_cluster_sizes,
     plot_elbow,
     plot_memory_timeline,
     plot_variance,
     write_index_html,
 )
+from stream_cluster.thumbs import ThumbSize
 
 EVIL = "<img src=x onerror=alert(1)>.png"
 QUOTES = "it's a \"quoted\" & <b>bold</b> name.png"
@@ -113,6 +117,36 @@ def test_plot_elbow_writes_png(tmp_path: Path, chosen_k: int | None, method: str
     assert _read_png(tmp_path / "e.png").shape == (500, 800)
 
 
+@pytest.mark.parametrize("chosen_k", [4, None, 25], ids=["chosen", "no-knee", "outside-sweep"])
+def test_plot_elbow_with_silhouette_adds_a_panel(tmp_path: Path, chosen_k: int | None) -> None:
+    """Check that a second criterion per k makes an 800 x 800 PNG with a second panel."""
+    ks = list(range(2, 11))
+    inertias = [1000.0 / k + k for k in ks]
+    scores = {k: 0.3 - abs(k - 5) * 0.02 for k in ks}
+    scores[7] = float("nan")  # a k whose sample had one cluster: left out, not an error
+    plot_elbow(ks, inertias, tmp_path / "e.png", chosen_k=chosen_k, method="kneedle",
+               scores=scores, score_label="silhouette (sample of 2,000)")
+    plot_elbow(ks, inertias, tmp_path / "plain.png", chosen_k=chosen_k, method="kneedle")
+    two, one = _read_png(tmp_path / "e.png"), _read_png(tmp_path / "plain.png")
+    assert two.shape == (800, 800) and one.shape == (500, 800)
+    assert _no_partials(tmp_path)
+
+
+def test_plot_cluster_sizes_writes_png(tmp_path: Path) -> None:
+    """Check that the size chart is an 800 x 400 PNG, with colours and for many clusters."""
+    plot_cluster_sizes([812, 0, 31], tmp_path / "s.png", colours=["#1f77b4", "#ff7f0e", "red"])
+    plot_cluster_sizes(list(range(1, 120)), tmp_path / "many.png")
+    assert _read_png(tmp_path / "s.png").shape == (400, 800)
+    assert _read_png(tmp_path / "many.png").shape == (400, 800)
+
+
+@pytest.mark.parametrize("sizes", [[], [3, -1]], ids=["empty", "negative"])
+def test_plot_cluster_sizes_rejects_bad_input(tmp_path: Path, sizes: list[int]) -> None:
+    """Check that an empty or negative size list raises ConfigError quoting it."""
+    with pytest.raises(ConfigError, match=r"sizes must be.*Got"):
+        plot_cluster_sizes(sizes, tmp_path / "s.png")
+
+
 def test_plot_elbow_rejects_mismatched_lengths(tmp_path: Path) -> None:
     """Check that plot_elbow raises ConfigError when ks and inertias differ in length."""
     with pytest.raises(ConfigError, match=r"Got 3 ks and 2 inertias"):
@@ -176,23 +210,41 @@ def test_plot_memory_timeline_rejects_wrong_header(tmp_path: Path) -> None:
 
 
 class _Tags(HTMLParser):
-    """Collect every start tag with its attributes, and the page's text."""
+    """Collect every start tag with its attributes, the page's text and its scripts."""
 
     def __init__(self) -> None:
         super().__init__(convert_charrefs=True)
         self.tags: list[tuple[str, dict[str, str | None]]] = []
         self.text: list[str] = []
+        self.scripts: list[tuple[dict[str, str | None], str]] = []
+        self._in_script: dict[str, str | None] | None = None
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         self.tags.append((tag, dict(attrs)))
+        if tag == "script":
+            self._in_script = dict(attrs)
+            self.scripts.append((self._in_script, ""))
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "script":
+            self._in_script = None
 
     def handle_data(self, data: str) -> None:
-        self.text.append(data)
+        if self._in_script is not None:
+            attrs, text = self.scripts[-1]
+            self.scripts[-1] = (attrs, text + data)
+        else:
+            self.text.append(data)
 
 
-_ALLOWED_TAGS = {"html", "head", "meta", "title", "style", "body", "h1", "h2", "h3", "table",
-                 "tr", "th", "td", "figure", "img", "figcaption", "nav", "ul", "li", "a",
-                 "section", "p", "ol"}
+_ALLOWED_TAGS = {"html", "head", "meta", "title", "style", "body", "h1", "h2", "table", "tr",
+                 "th", "td", "figure", "img", "figcaption", "nav", "ul", "li", "a", "section",
+                 "p", "ol", "div", "span", "details", "summary", "canvas", "button", "script"}
+_THUMB = ThumbSize(30, 43)
+
+
+def _map(n: int = 3) -> MapData:
+    return MapData(np.zeros((n, 2), dtype=np.uint16), [n - 1, 1], ["#1f77b4", "#ff7f0e"], _THUMB)
 
 
 def _write_page(out: Path, names: list[str], **kwargs: object) -> str:
@@ -201,9 +253,12 @@ def _write_page(out: Path, names: list[str], **kwargs: object) -> str:
         title=f"run of {names[0]}",
         summary={"input folder": f"/data/{names[0]}", "k": "5"},
         clusters=[
-            ClusterSummary(cluster=0, size=812, montage="montages/cluster-000.png",
-                           examples=names),
-            ClusterSummary(cluster=1, size=0, montage=names[0], examples=[]),
+            ClusterRow(cluster=0, size=812, page="clusters/0.html", mean="means/0-small.png",
+                       nearest=[(f"thumbs/0/{i}.jpg", n) for i, n in enumerate(names)],
+                       farthest=[("thumbs/0/811.jpg", names[-1])], names=names,
+                       montage="montages/cluster-000.png"),
+            ClusterRow(cluster=1, size=0, page=names[0], mean=names[0], nearest=[],
+                       farthest=[], names=[], montage=names[0]),
         ],
         skipped=[(n, f"cannot decode {n}") for n in names],
         images={f"plot {names[0]}": "elbow.png", "evil": names[0]},
@@ -223,7 +278,12 @@ def _check_page(page: str) -> _Tags:
             value = attrs.get(key)
             if value is not None:
                 assert ":" not in value and '"' not in value and "<" not in value
-    assert "<script" not in page.lower()
+    # at most the data block and the project's own script, which the CSP pins by hash
+    for attrs, text in parser.scripts:
+        if attrs.get("type") == "application/json":
+            assert attrs.get("id") == "map-data" and "<" not in text
+        else:
+            assert attrs == {} and text == map_script()
     return parser
 
 
@@ -238,9 +298,10 @@ def test_write_index_html_escapes_hostile_names(tmp_path: Path) -> None:
     assert "caf\\xe9.png" in page  # undecodable byte shown, page stays UTF-8
     parser = _check_page(page)
     imgs = [attrs for tag, attrs in parser.tags if tag == "img"]
-    # two plots + two cluster montages; the evil name is a percent-encoded relative path
-    assert len(imgs) == 4
+    # two plots, then per cluster: mean image, nearest and farthest thumbnails
+    assert len(imgs) == 2 + 2 + len(HOSTILE) + 1
     assert {"src": "%3Cimg%20src%3Dx%20onerror%3Dalert%281%29%3E.png"}.items() <= imgs[1].items()
+    assert imgs[2]["alt"] == "mean image of cluster 0" and imgs[3]["alt"] == EVIL
     text = "".join(parser.text)
     for name in HOSTILE:
         assert display_name(name) in text
@@ -251,10 +312,12 @@ def test_write_index_html_links_surrogate_name_by_its_bytes(tmp_path: Path) -> N
     """Check that an undecodable file name links to the original bytes (caf%E9.png)."""
     out = tmp_path / "index.html"
     write_index_html(out, title="t", summary={}, clusters=[
-        ClusterSummary(cluster=3, size=1, montage=f"montages/{SURROGATE}", examples=[SURROGATE])
+        ClusterRow(cluster=3, size=1, page="clusters/3.html", mean="means/3-small.png",
+                   nearest=[(f"thumbs/{SURROGATE}", SURROGATE)], farthest=[],
+                   names=[SURROGATE], montage=f"montages/{SURROGATE}")
     ], skipped=[], images={})
     page = out.read_text(encoding="utf-8")
-    assert 'src="montages/caf%E9.png"' in page
+    assert 'src="thumbs/caf%E9.png"' in page and 'href="montages/caf%E9.png"' in page
     assert "None: every image was used." in page
 
 
@@ -281,6 +344,45 @@ def test_write_index_html_caps_skipped_rows(tmp_path: Path) -> None:
     assert "and 15 more" in page
 
 
+def test_write_index_html_csp_admits_only_the_map_script(tmp_path: Path) -> None:
+    """Check that the CSP pins the inline script and style by hash and allows nothing else.
+
+    No 'self', 'unsafe-inline' or remote source for scripts; without a map, no script at all.
+    """
+    import base64
+    import hashlib
+
+    out = tmp_path / "index.html"
+    page = _write_page(out, HOSTILE, map_data=_map())
+    parser = _check_page(page)
+    csp = next(a["content"] for t, a in parser.tags
+               if t == "meta" and a.get("http-equiv") == "Content-Security-Policy")
+    assert csp == content_security_policy(map_script())
+    digest = base64.b64encode(hashlib.sha256(map_script().encode()).digest()).decode()
+    directives = dict(d.strip().split(" ", 1) for d in str(csp).split(";"))
+    assert directives["script-src"] == f"'sha256-{digest}'"
+    assert directives["default-src"] == "'none'" and directives["img-src"] == "'self'"
+    assert "unsafe" not in csp and "http" not in csp
+    assert [a for a, _ in parser.scripts] == [{"type": "application/json", "id": "map-data"}, {}]
+    plain = _check_page(_write_page(tmp_path / "plain.html", HOSTILE))
+    assert not plain.scripts
+    assert ("meta", {"http-equiv": "Content-Security-Policy",
+                     "content": content_security_policy(None)}) in plain.tags
+    assert "script-src 'none'" in content_security_policy(None)
+
+
+def test_map_data_payload_is_numbers_only() -> None:
+    """Check that the map's JSON holds the positions as little-endian uint16 and no names."""
+    import base64
+
+    xy = np.array([[1, 2], [65535, 0], [300, 40000]], dtype=np.uint16)
+    payload = MapData(xy, [2, 1], ["#000000", "#ffffff"], _THUMB, 7).payload()
+    raw = np.frombuffer(base64.b64decode(str(payload["xy"])), dtype="<u2").reshape(-1, 2)
+    assert np.array_equal(raw, xy)
+    assert payload["n"] == 3 and payload["sizes"] == [2, 1] and payload["perPage"] == 7
+    assert payload["thumb"] == [30, 43]
+
+
 @settings(max_examples=100, deadline=None)
 @given(st.lists(st.text(alphabet=_ANY_CHAR, min_size=1),
                 min_size=1, max_size=5))
@@ -288,7 +390,7 @@ def test_write_index_html_any_name_stays_text(tmp_path_factory: pytest.TempPathF
                                               names: list[str]) -> None:
     """Check that for arbitrary names the page is valid UTF-8 with only the expected tags."""
     out = tmp_path_factory.mktemp("page") / "index.html"
-    page = _write_page(out, names)
+    page = _write_page(out, names, map_data=_map())
     parser = _check_page(page)
     text = "".join(parser.text)
     for name in names:
