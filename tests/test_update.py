@@ -142,3 +142,56 @@ def test_kill9_during_update_resumes_to_the_same_labels(tmp_path: Path) -> None:
     got = json.loads((out / "run.json").read_text())["update"]
     want = json.loads((ref / "run.json").read_text())["update"]
     assert got["changed_cluster"] == want["changed_cluster"] and got["added"] == 90
+
+
+@pytest.mark.slow
+def test_kills_during_update_and_assign(tmp_path: Path) -> None:
+    """Check 15 kill -9s spread over --update rounds and 5 over assign change no result.
+
+    Each update round copies the finished base run, kills the update at random moments until
+    ``kills_per_round`` kills landed, then lets the same command finish: labels and the update
+    statistics must equal an uninterrupted update's. A killed assign writes no CSV; the rerun's
+    CSV equals an uninterrupted one.
+    """
+    images = tmp_path / "img"
+    make_shapes_corpus(images, n=120, seed=2)
+    base = tmp_path / "base"
+    subprocess.run(_cmd(images, base), check=True, env=_env(), timeout=300)
+    make_shapes_corpus(images / "more", n=90, seed=4)
+    ref = tmp_path / "ref"
+    shutil.copytree(base, ref)
+    subprocess.run(_cmd(images, ref, "--update"), check=True, env=_env(), timeout=300)
+    want = (ref / "labels.csv").read_bytes()
+    rng = random.Random(1129)
+    kills = 0
+    for rnd in range(5):
+        out = tmp_path / f"killed{rnd}"
+        shutil.copytree(base, out)
+        landed = 0
+        while landed < 3:
+            proc = subprocess.Popen(_cmd(images, out, "--update"), env=_env(),
+                                    start_new_session=True, stderr=subprocess.DEVNULL)
+            time.sleep(rng.uniform(0.3, 4.0))
+            if proc.poll() is not None:
+                break
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            landed += 1
+        kills += landed
+        subprocess.run(_cmd(images, out, "--update"), check=True, env=_env(), timeout=300)
+        assert (out / "labels.csv").read_bytes() == want, f"round {rnd}"
+    assert kills >= 12
+    assign_cmd = [sys.executable, "-m", "stream_cluster", "assign", str(ref), str(images),
+                  "--no-progress", "--workers", "2", "--out"]
+    subprocess.run([*assign_cmd, str(tmp_path / "a.csv")], check=True, env=_env(), timeout=300)
+    for i in range(5):
+        target = tmp_path / f"b{i}.csv"
+        proc = subprocess.Popen([*assign_cmd, str(target)], env=_env(), start_new_session=True,
+                                stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(0.2, 2.0))
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            assert not target.exists() or target.read_bytes() == (tmp_path / "a.csv").read_bytes()
+        subprocess.run([*assign_cmd, str(target)], check=True, env=_env(), timeout=300)
+        assert target.read_bytes() == (tmp_path / "a.csv").read_bytes()
