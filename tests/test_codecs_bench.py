@@ -74,3 +74,36 @@ def test_run_store_uses_rowstore(tmp_path: Path) -> None:
     res = run_store(_clip_like(10), ["none", "zstd"], tmp_path, repeats=1, segment_rows=4)
     assert [r["case"] for r in res] == ["RowStore none", "RowStore zstd"]
     assert res[0]["ratio"] < 1.01 and res[1]["ratio"] > 2
+
+
+@pytest.mark.slow
+def test_store_timing_forces_codec_and_reports(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Check that store_timing runs the CLI with the pixel codec forced and sums store calls."""
+    import json
+
+    import cv2
+    import h5py
+
+    import stream_cluster.store as st
+    from benchmarks.store_timing import main
+
+    # main() patches the store module for its process; undo that after this test.
+    monkeypatch.setattr(st, "AUTO_UINT8", st.AUTO_UINT8)
+    monkeypatch.setattr(st.RowStore, "read", st.RowStore.read)
+    monkeypatch.setattr(st.RowStore, "append", st.RowStore.append)
+
+    images = tmp_path / "img"
+    images.mkdir()
+    for i in range(30):
+        img = np.full((24, 24), 255, np.uint8)
+        img[i % 12 :, (3 * i) % 12 :] = 20 * (i % 9)
+        cv2.imwrite(str(images / f"{i:03d}.png"), img)
+    out = tmp_path / "run"
+    args = [str(images), "--size", "24x24", "--components", "4", "--k", "3", "--no-progress"]
+    assert main(["lz4", str(out), *args]) == 0
+    with h5py.File(out / "pixels" / "seg-000000.h5", "r") as f:
+        assert f.attrs["compression"] == "lz4"
+    totals = json.loads(Path(str(out) + ".io.json").read_text())
+    assert totals["pixels.read"][0] > 0 and totals["pixels.append"][0] > 0
