@@ -150,24 +150,28 @@ def test_budget_too_small_fails_with_minimum(shapes_dir: Path, tmp_path: Path) -
 
 def test_disk_full_then_resume(shapes_dir: Path, tmp_path: Path,
                                monkeypatch: pytest.MonkeyPatch) -> None:
-    """Check that ENOSPC mid-ingest gives DiskFullError naming the folder, and a rerun resumes."""
+    """Check that ENOSPC mid-ingest gives DiskFullError naming the folder, and a rerun resumes.
+
+    The error is injected where HDF5 creates a file (the real full disk is
+    tests/test_faults_disk.py, on a tmpfs); this one runs anywhere, in-process.
+    """
     out = tmp_path / "run"
     ref_out = tmp_path / "ref"
     run(_config(shapes_dir, ref_out, batch_size=16))
-    real_file = store_mod.h5py.File
+    real_create = store_mod.h5py.h5f.create
     calls = {"n": 0}
 
-    def failing_file(name: object, mode: str = "r", *a: object, **kw: object) -> object:
-        if mode == "w":
+    def failing_create(name: bytes, *a: object, **kw: object) -> object:
+        if b"/pixels/" in name:
             calls["n"] += 1
             if calls["n"] >= 3:
                 raise OSError(errno.ENOSPC, "No space left on device")
-        return real_file(name, mode, *a, **kw)
+        return real_create(name, *a, **kw)
 
-    monkeypatch.setattr(store_mod.h5py, "File", failing_file)
+    monkeypatch.setattr(store_mod.h5py.h5f, "create", failing_create)
     with pytest.raises(DiskFullError, match=str(out / "pixels")):
         run(_config(shapes_dir, out, batch_size=16, workers=0))
-    monkeypatch.setattr(store_mod.h5py, "File", real_file)
+    monkeypatch.setattr(store_mod.h5py.h5f, "create", real_create)
     assert not list((out / "pixels").glob("*.partial"))
     run(_config(shapes_dir, out, batch_size=16))
     assert _labels(out) == _labels(ref_out)
