@@ -361,8 +361,8 @@ def _summary(r: RunResult) -> str:
         f"{r.n_images} images clustered into k={r.k} ({r.n_skipped} skipped); "
         f"{r.n_components} PCA components explain {r.explained_variance:.3f} of the variance; "
         f"inertia {r.inertia:.6g}; peak RSS {format_bytes(r.peak_rss)}.\n"
-        f"Results in {r.out_dir}: labels.csv, index.html, montages/, elbow.png, variance.png, "
-        f"run.json"
+        f"Results in {r.out_dir}: index.html (the report: open it in a browser), labels.csv, "
+        f"model.h5, run.json"
     )
 
 
