@@ -235,6 +235,13 @@ def _add_run_options(p: argparse.ArgumentParser, *, demo: bool = False) -> None:
         help="save the PCA state at most this often (default 20 s; 0 = every batch)",
     )
     p.add_argument(
+        "--store-compression",
+        choices=("auto", "none", "lz4", "zstd"),
+        default="auto",
+        help="codec of the pixel store (default auto = zstd level 1: about 0.1x the raw size "
+        "on clip-art, 0.85x on photos; every chunk carries a Fletcher-32 checksum)",
+    )
+    p.add_argument(
         "--fresh", action="store_true", help="discard what the run folder holds and start over"
     )
     if not demo:
@@ -295,6 +302,7 @@ def _config(
         profile_memory=args.profile_memory,
         montage_images=args.montage_images,
         checkpoint_seconds=args.checkpoint_every,
+        store_compression=args.store_compression,
     )
 
 

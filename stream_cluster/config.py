@@ -19,6 +19,8 @@ _UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
 _MEM_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:I?B)?\s*$", re.IGNORECASE)
 
 PCA_SOLVERS = ("gram", "sklearn")
+#: Pixel-store codecs (stream_cluster.store.COMPRESSIONS; "auto" is zstd for pixels).
+STORE_COMPRESSIONS = ("auto", "none", "lz4", "zstd")
 
 
 def parse_mem(text: str | int) -> int:
@@ -150,6 +152,7 @@ class RunConfig:
     profile_memory: bool = False
     montage_images: int = 48
     checkpoint_seconds: float = 20.0
+    store_compression: str = "auto"
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
@@ -188,6 +191,11 @@ class RunConfig:
         if self.checkpoint_seconds < 0:
             raise ConfigError(
                 f"--checkpoint-every must be >= 0 seconds. Got {self.checkpoint_seconds} instead."
+            )
+        if self.store_compression not in STORE_COMPRESSIONS:
+            raise ConfigError(
+                f"--store-compression must be one of {', '.join(STORE_COMPRESSIONS)}. "
+                f"Got {self.store_compression!r} instead."
             )
         if self.montage_images < 1:
             raise ConfigError(f"--montage-images must be >= 1. Got {self.montage_images}.")

@@ -146,7 +146,7 @@ class _Runner:
                             cfg.mem_budget, len(scan_skipped), what)  # fmt: skip
 
         # -- ingest and PCA (overlapped when the plan holds both) ---------------------------
-        pixels = RowStore(out / "pixels", cfg.n_features, np.uint8)
+        pixels = RowStore(out / "pixels", cfg.n_features, np.uint8, cfg.store_compression)
         ordered = ingest_order(out, files)
         decoded: list[tuple[str, str]] = []
 

@@ -212,7 +212,7 @@ def repair(config: RunConfig, exc: CorruptSegmentError) -> bool:
     if path.parent == out / "pixels":
         from .ingest import repair_segment  # imports the decoders: only when needed
 
-        pixels = RowStore(out / "pixels", config.n_features, np.uint8)
+        pixels = RowStore(out / "pixels", config.n_features, np.uint8, config.store_compression)
         n = repair_segment(pixels, exc.index, config.input_dir, config.width, config.height)
         logger.warning("%s was corrupt; re-ingested its %d images from the source files", path, n)
         return True

@@ -17,6 +17,7 @@ from stream_cluster import RunConfig, iter_run, run
 from stream_cluster.errors import (
     BudgetError,
     CheckpointMismatchError,
+    ConfigError,
     DiskFullError,
     InputError,
 )
@@ -225,3 +226,19 @@ def test_plan_folder_sizes_decode_workers_to_the_headers(tmp_path: Path) -> None
     assert (tmp_path / "a" / "skipped.csv").read_text().count("\n") == 1  # header only
     run(dataclasses.replace(cfg(budget, "b"), workers=0))
     assert _labels(tmp_path / "a") == _labels(tmp_path / "b")
+
+
+def test_store_compression_changes_disk_not_labels(shapes_dir: Path, tmp_path: Path) -> None:
+    """Check that --store-compression none and zstd give the same labels, zstd a smaller store."""
+    import h5py
+
+    a = run(_config(shapes_dir, tmp_path / "a", store_compression="none"))
+    b = run(_config(shapes_dir, tmp_path / "b", store_compression="zstd"))
+    assert _labels(tmp_path / "a") == _labels(tmp_path / "b") and a.k == b.k
+    with h5py.File(tmp_path / "b" / "pixels" / "seg-000000.h5") as f:
+        assert f.attrs["compression"] == "zstd"
+    size = {x: sum(p.stat().st_size for p in (tmp_path / x / "pixels").glob("*.h5"))
+            for x in "ab"}
+    assert size["b"] < size["a"]
+    with pytest.raises(ConfigError, match="--store-compression must be one of"):
+        _config(shapes_dir, tmp_path / "c", store_compression="lzma")
