@@ -237,6 +237,14 @@ def _add_run_options(p: argparse.ArgumentParser, *, demo: bool = False) -> None:
     p.add_argument(
         "--fresh", action="store_true", help="discard what the run folder holds and start over"
     )
+    p.add_argument(
+        "--dask",
+        default=None,
+        metavar="ADDRESS|local:N",
+        help="run on Dask: a scheduler address (e.g. tcp://host:8786) or local:N worker "
+        "processes; --mem-budget is then per worker and for this process. Needs "
+        "pip install 'stream-cluster[dask]'",
+    )
     if not demo:
         p.add_argument(
             "--update",
@@ -295,6 +303,7 @@ def _config(
         profile_memory=args.profile_memory,
         montage_images=args.montage_images,
         checkpoint_seconds=args.checkpoint_every,
+        dask=args.dask,
     )
 
 
@@ -467,7 +476,12 @@ def _main(command: str, args: argparse.Namespace, stop: _StopOnSignals) -> int:
 
             found = scan(config.input_dir, follow_external_symlinks=config.follow_symlinks)
             print(f"{len(found.files)} image files in {config.input_dir}")
-            print(plan_folder(config, found.root, found.files).describe())
+            mem_plan = plan_folder(config, found.root, found.files)
+            print(mem_plan.describe())
+            if config.dask is not None:
+                from ._dask_plan import describe_dask
+
+                print(describe_dask(config, mem_plan, len(found.files)))
             return 0
         result = _run(args, config)
         print(_summary(result))

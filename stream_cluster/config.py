@@ -19,6 +19,10 @@ _UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
 _MEM_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:I?B)?\s*$", re.IGNORECASE)
 
 PCA_SOLVERS = ("gram", "sklearn")
+#: ``local:N`` or a scheduler address (``tcp://host:8786``, ``tls://...``, ``host:port``).
+_DASK_RE = re.compile(
+    r"local:[1-9]\d*|(?!local:)((tcp|tls|ucx|ws|wss|inproc)://)?([\w.\-]+|\[[\dA-Fa-f:.]+\])(:\d+)?"
+)
 
 
 def parse_mem(text: str | int) -> int:
@@ -129,6 +133,9 @@ class RunConfig:
         Keep the fewest components whose cumulative explained variance reaches this.
     k : int or None
         Number of clusters; None picks it from the elbow of ``k_range``.
+    dask : str or None
+        Run on Dask: ``local:N`` (N local worker processes) or a scheduler address such as
+        ``tcp://host:8786``; ``mem_budget`` then applies to each worker and to the client.
     """
 
     input_dir: Path
@@ -150,6 +157,7 @@ class RunConfig:
     profile_memory: bool = False
     montage_images: int = 48
     checkpoint_seconds: float = 20.0
+    dask: str | None = None
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
@@ -191,6 +199,11 @@ class RunConfig:
             )
         if self.montage_images < 1:
             raise ConfigError(f"--montage-images must be >= 1. Got {self.montage_images}.")
+        if self.dask is not None and not _DASK_RE.fullmatch(self.dask):
+            raise ConfigError(
+                f"--dask must be local:N (N >= 1 worker processes on this machine) or a Dask "
+                f"scheduler address such as tcp://host:8786. Got {self.dask!r} instead."
+            )
         if self.out_dir.exists() and not self.out_dir.is_dir():
             raise ConfigError(
                 f"--out {self.out_dir} exists and is a file, not a folder. Give a folder path."

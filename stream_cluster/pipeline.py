@@ -59,6 +59,10 @@ def iter_run(
     image count against components and k, the memory plan and free disk space. With
     ``update``, a finished run whose folder changed grows (see :mod:`stream_cluster.update`).
     """
+    if config.dask is not None:  # the same stages spread over a Dask cluster
+        from .distributed import iter_run_dask
+
+        return (yield from iter_run_dask(config, fresh=fresh, update=update))
     runfolder.prepare_out_dir(config, fresh)
     csv_path = config.out_dir / "memory.csv" if config.profile_memory else None
     with RunLock(config.out_dir), MemorySampler(csv_path=csv_path) as sampler:
