@@ -224,8 +224,8 @@ def test_dask_probe_says_when_workers_do_not_share_the_run_folder(tmp_path: Path
     env = {**os.environ, "PYTHONPATH": os.fspath(Path(stream_cluster.__file__).parents[1])}
     with LocalCluster(n_workers=0, dashboard_address=None) as sched:
         cmd = (f'mount -t tmpfs tmpfs "{out}" && exec "{sys.executable}" -m '
-               f"distributed.cli.dask_worker {sched.scheduler_address} --nworkers 1 "
-               f"--nthreads 1 --no-dashboard --dashboard-address :0 --memory-limit {BUDGET}")  # fmt: skip
+               f"distributed.cli.dask_worker {sched.scheduler_address} --nworkers 1 --nthreads 1 "
+               f"--no-dashboard --dashboard-address :0 --memory-limit {BUDGET}")  # fmt: skip
         worker = subprocess.Popen(["unshare", "--mount", "--propagation", "private", "sh", "-c",
                                    cmd], env=env)  # fmt: skip
         try:
