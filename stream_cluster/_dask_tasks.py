@@ -15,23 +15,22 @@ import os
 import resource
 import shutil
 import socket
+import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
 
-import h5py
 import numpy as np
 
-from .budget import READ_ROWS
 from .checkpoint import open_arrays, save_arrays
 from .decode import DECODE_MEMORY_CAP, DecodeChunk, decode_many
 from .errors import StoreError
-from .fit_pca import PIXEL_SCALE, load_pca
+from .fit_pca import PIXEL_SCALE, load_pca, read_scaled
 from .ingest import CHUNK
 from .pca import StreamingPCA
 from .store import RowStore, atomic_write_bytes, fsync_dir
@@ -47,10 +46,25 @@ __all__ = [
     "merge_node",
     "probe_worker",
     "segment_name",
+    "segment_view",
     "worker_stats",
 ]
 
 _SEG = "seg-{:06d}.h5"
+
+
+def _sizeof_pca(model: StreamingPCA) -> int:
+    arrays = ("components_", "mean_", "var_", "singular_values_", "explained_variance_")
+    return int(sum(getattr(model, a).nbytes for a in arrays if hasattr(model, a))) + 1000
+
+
+try:  # Dask sizes objects with sizeof: a model is its arrays (the scheduler and the memory
+    # manager would otherwise count ~100 bytes for 413 MB of components)
+    from dask.sizeof import sizeof
+
+    sizeof.register(StreamingPCA)(_sizeof_pca)  # type: ignore[no-untyped-call]
+except ImportError:  # pragma: no cover - this module runs where Dask is installed
+    pass
 
 
 def segment_name(index: int) -> str:
@@ -194,6 +208,7 @@ class ShardJob:
 
     index: int
     segments: tuple[str, ...]
+    row_size: int
     rows: int
     n_components: int
     solver: str
@@ -201,32 +216,20 @@ class ShardJob:
     out: str
 
 
-class _Segments:
-    """The rows of a list of pixel segments read as one array, ``READ_ROWS`` at a time."""
+@contextmanager
+def segment_view(paths: Sequence[str], row_size: int, dtype: type) -> Iterator[RowStore]:
+    """A read-only RowStore over the given segment files, in order (a local folder of links).
 
-    def __init__(self, paths: tuple[str, ...]) -> None:
-        self.spans: list[tuple[str, int, int]] = []
-        start = 0
-        for p in paths:
-            with h5py.File(p, "r") as f:
-                n = int(f["rows"].shape[0])
-            self.spans.append((p, start, start + n))
-            start += n
-        self.rows = start
-
-    def read_scaled(self, lo: int, hi: int, d: int) -> np.ndarray:
-        """Rows ``lo:hi`` as float32 in 0..1 (one uint8 slice of READ_ROWS rows at a time)."""
-        x = np.empty((hi - lo, d), dtype=np.float32)
-        for path, s0, s1 in self.spans:
-            a, b = max(lo, s0), min(hi, s1)
-            if a >= b:
-                continue
-            with h5py.File(path, "r") as f:
-                ds = f["rows"]
-                for r in range(a, b, READ_ROWS):
-                    r1 = min(r + READ_ROWS, b)
-                    np.multiply(ds[r - s0 : r1 - s0], PIXEL_SCALE, out=x[r - lo : r1 - lo])
-        return x
+    Reads go through the store's own code (codec, checksums) and open only these segments,
+    not the whole store (thousands of files in a large run).
+    """
+    view = Path(tempfile.mkdtemp(prefix="stream-cluster-view-"))
+    try:
+        for i, p in enumerate(paths):
+            os.symlink(p, view / segment_name(i))
+        yield RowStore(view, row_size, dtype)
+    finally:
+        shutil.rmtree(view, ignore_errors=True)
 
 
 def _state_info(path: str, t0: float, **extra: Any) -> dict[str, Any]:
@@ -241,16 +244,14 @@ def fit_shard(job: ShardJob) -> dict[str, Any]:
     t0 = time.perf_counter()
     if is_complete_state(job.out):
         return _state_info(job.out, t0, rows=job.rows, cached=True)
-    seg = _Segments(job.segments)
-    if seg.rows != job.rows:
-        raise StoreError(f"shard {job.index}: {seg.rows} rows in its segments, not {job.rows}")
-    with h5py.File(job.segments[0], "r") as f:
-        d = int(f["rows"].shape[1])
     model = StreamingPCA(job.n_components, solver=job.solver, copy=False)
-    for lo in range(0, seg.rows, job.batch):
-        x = seg.read_scaled(lo, min(lo + job.batch, seg.rows), d)
-        model.partial_fit(x)
-        del x
+    with segment_view(job.segments, job.row_size, np.uint8) as pixels:
+        if len(pixels) != job.rows:
+            raise StoreError(f"shard {job.index}: {len(pixels)} rows, expected {job.rows}")
+        for lo in range(0, job.rows, job.batch):
+            x = read_scaled(pixels, lo, min(lo + job.batch, job.rows))
+            model.partial_fit(x)
+            del x
     _save_state(Path(job.out), model, {"shard": job.index, "rows": job.rows})
     return _state_info(job.out, t0, rows=job.rows, fit_seconds=time.perf_counter() - t0)
 
@@ -293,6 +294,7 @@ class EmbedJob:
 
     index: int
     pixels: str
+    row_size: int
     features_dir: str
     n_keep: int
 
@@ -308,9 +310,9 @@ def embed_segment(job_and_model: tuple[EmbedJob, StreamingPCA]) -> dict[str, Any
     final = Path(job.features_dir) / segment_name(job.index)
     if final.exists():
         return {"index": job.index, "cached": True}
-    with h5py.File(job.pixels, "r") as f:
-        x = f["rows"][()]
-        names = [bytes(n) for n in f["names"][()]]
+    with segment_view([job.pixels], job.row_size, np.uint8) as pixels:
+        x = pixels.read(0, len(pixels))
+        names = pixels.names()
     z = model.transform(x, scale=PIXEL_SCALE)[:, : job.n_keep]
     del x
     with _private_store(final.parent, job.n_keep, np.float32) as store:

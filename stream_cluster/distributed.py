@@ -37,34 +37,31 @@ import numpy as np
 import psutil
 
 from . import runfolder
+from ._dask_pca import pca_stage
 from ._dask_plan import DaskLayout, check_worker_budget, make_layout
 from ._dask_tasks import (
     EmbedJob,
     SegmentJob,
-    ShardJob,
     decode_alone,
     embed_segment,
-    fit_shard,
     ingest_segment,
-    is_complete_state,
-    merge_node,
     segment_name,
     worker_stats,
 )
-from .checkpoint import RunLock, RunState, open_arrays
+from .checkpoint import RunLock, RunState
 from .clustering import Elbow, cluster, elbow, feature_source
 from .config import RunConfig
 from .dask_executor import DaskExecutor, check_shared_storage, connect, require_dask
 from .decode import DecodeChunk
 from .embed import feature_store
 from .errors import CheckpointMismatchError, ConfigError, StreamClusterError
-from .fit_pca import kept_components, load_pca
+from .fit_pca import load_pca
 from .ingest import start_ingest
 from .memprofile import MemorySampler
 from .planner import disk_need, plan_folder, plan_run
 from .results import RunResult, write_run_json, write_skipped
 from .scan import files_digest, scan
-from .stage import Progress, ProgressEvent, StageRecord, same_key
+from .stage import Progress, ProgressEvent, StageRecord
 from .store import RowStore, atomic_write_bytes
 from .update import ingest_order
 
@@ -138,16 +135,22 @@ class _DaskRun:
         self.executor = DaskExecutor(client)
         self.skipped = 0
         self.peaks: dict[str, dict[str, Any]] = {}  # worker -> host, pid, peak RSS
+        self.work: dict[str, dict[str, float]] = {}  # stage -> task seconds and images
         self._lock = threading.Lock()
 
     # -- bookkeeping ---------------------------------------------------------------------------
     def record(self, stage: str) -> StageRecord:
         return StageRecord(self.state, stage)
 
-    def note(self, info: dict[str, Any]) -> None:
-        """Keep the largest peak RSS each worker process reported."""
+    def note(self, info: dict[str, Any], stage: str = "", images: int = 0) -> None:
+        """Keep the largest peak RSS each worker process reported; add up a stage's task time."""
         if "peak" not in info:
             return
+        if stage:
+            work = self.work.setdefault(stage, {"seconds": 0.0, "images": 0, "tasks": 0})
+            work["seconds"] += float(info.get("seconds", 0.0))
+            work["images"] += images
+            work["tasks"] += 1
         who = info.get("worker") or f"{info['host']}:{info['pid']}"
         with self._lock:
             old = self.peaks.get(who, {}).get("peak", 0)
@@ -336,7 +339,7 @@ class _DaskRun:
         for res in self.executor.map_unordered(ingest_segment, jobs):
             info = res.value if res.died is None else self._crashed(res.shard)
             assert info is not None
-            self.note(info)
+            self.note(info, "ingest", int(info["files"]))
             done_files, n_skipped = done_files + info["files"], n_skipped + len(info["skipped"])
             yield Progress("ingest", done_files, total, skipped=n_skipped)
         skipped: list[tuple[str, str]] = []
@@ -375,95 +378,9 @@ class _DaskRun:
     # -- PCA -------------------------------------------------------------------------------------
     def _pca(self, layout: DaskLayout, seg_rows: list[int]) -> Generator[Progress, None, None]:
         """Fit every shard and merge the states in the fixed tree; the root is ``pca.h5``."""
-        from distributed import as_completed
-
-        cfg = self.config
-        rec = self.record("pca")
-        key = {**cfg.stage_key("pca"), "dask_shards": list(layout.shard_bounds),
-               "batch": layout.pca_batch}  # fmt: skip
-        final = self.out / "pca.h5"
-        if rec.done and same_key(rec.get("key"), key) and final.exists():
-            return
-        states = (self.out / DASK_DIR / "pca").resolve()
-        states.mkdir(parents=True, exist_ok=True)
-        pixels = (self.out / "pixels").resolve()
-        b = layout.shard_bounds
-        rows = [sum(seg_rows[b[j] : b[j + 1]]) for j in range(layout.n_shards)]
-        leaves = [j for j in range(layout.n_shards) if rows[j] > 0]
-        k, d = cfg.n_components, cfg.n_features
-
-        def path(lo: int, hi: int) -> str:
-            if (lo, hi) == (0, len(leaves)):
-                return os.fspath(final.resolve())
-            if hi - lo == 1:
-                return os.fspath(states / f"shard-{leaves[lo]:06d}.h5")
-            return os.fspath(states / f"merge-{leaves[lo]:06d}-{leaves[hi - 1]:06d}.h5")
-
-        def split(lo: int, hi: int) -> int:  # merge_tree's shape: left = first 2^j leaves
-            return lo + (1 << ((hi - lo - 1).bit_length() - 1))
-
-        def comps(lo: int, hi: int) -> int:
-            if hi - lo == 1:
-                return min(k, rows[leaves[lo]])
-            mid = split(lo, hi)
-            return min(k, comps(lo, mid) + comps(mid, hi) + 1, d)
-
-        tasks: dict[Any, str] = {}
-
-        def node(lo: int, hi: int) -> Any:
-            """Submit the subtree over leaves [lo, hi); a finished node is given as its saved
-            state, so its subtree does not run again."""
-            if is_complete_state(path(lo, hi)):
-                return {"path": path(lo, hi), "rows": sum(rows[j] for j in leaves[lo:hi])}
-            if hi - lo == 1:
-                j = leaves[lo]
-                segs = tuple(os.fspath(pixels / segment_name(i)) for i in range(b[j], b[j + 1]))
-                job = ShardJob(j, segs, rows[j], comps(lo, hi), cfg.pca_solver,
-                               layout.pca_batch, path(lo, hi))  # fmt: skip
-                fut = self.client.submit(fit_shard, job, pure=False)
-                tasks[fut] = f"fit {j}"
-            else:
-                mid = split(lo, hi)
-                left, right = node(lo, mid), node(mid, hi)
-                fut = self.client.submit(merge_node, left, right, path(lo, hi), comps(lo, hi),
-                                         pure=False)  # fmt: skip
-                tasks[fut] = f"merge {leaves[lo]}-{leaves[hi - 1]}"
-            return fut
-
-        node(0, len(leaves))
-        dask_rec = self.record("dask")
-        fits, merges = dict(dask_rec.get("fits", {})), dict(dask_rec.get("merges", {}))
-        yield Progress("pca", 0, len(tasks), "tasks")
-        try:
-            for n, fut in enumerate(as_completed(list(tasks)), start=1):  # type: ignore[no-untyped-call]
-                info = self._result(fut, tasks[fut])
-                self.note(info)
-                what = tasks[fut]
-                (fits if what.startswith("fit") else merges)[what.split(" ", 1)[1]] = info
-                dask_rec.update(fits=fits, merges=merges)
-                yield Progress("pca", n, len(tasks), "tasks", what)
-        finally:
-            self.client.cancel([f for f in tasks if not f.done()])
-        with open_arrays(final) as (arrays, _):
-            evr = np.asarray(arrays["explained_variance_ratio_"][()], dtype=np.float64)
-        n_keep = kept_components(evr, cfg.variance)
-        rec.update(key=key, batch=layout.pca_batch, done=True, n_keep=n_keep,
-                   explained_variance=float(np.sum(evr[:n_keep])),
-                   explained_variance_ratio=[float(v) for v in evr])  # fmt: skip
-
-    def _result(self, fut: Any, what: str) -> dict[str, Any]:
-        from distributed.scheduler import KilledWorker
-
-        try:
-            info: dict[str, Any] = fut.result()
-        except KilledWorker as exc:
-            raise StreamClusterError(
-                f"The PCA task '{what}' killed every Dask worker it ran on ({exc}). Most often a "
-                f"worker's memory limit is below what the task needs: give the workers at least "
-                f"--mem-budget {self.config.mem_budget / 2**30:.2f}G each, or use fewer "
-                f"--components."
-            ) from None
-        return info
+        states = self.out / DASK_DIR / "pca"
+        return pca_stage(self.record("pca"), self.record("dask"), self.client, self.config,
+                         layout, seg_rows, self.out, states, self.note)  # fmt: skip
 
     # -- embed -----------------------------------------------------------------------------------
     def _embed(
@@ -492,7 +409,8 @@ class _DaskRun:
             scatter_seconds = time.perf_counter() - t0
             del model
             pixels, fdir = (self.out / "pixels").resolve(), os.fspath(features_dir.resolve())
-            jobs = [(EmbedJob(i, os.fspath(pixels / segment_name(i)), fdir, n_keep), shared)
+            d = self.config.n_features
+            jobs = [(EmbedJob(i, os.fspath(pixels / segment_name(i)), d, fdir, n_keep), shared)
                     for i in missing]  # fmt: skip
             try:
                 for res in self.executor.map_unordered(embed_segment, jobs):
@@ -501,7 +419,7 @@ class _DaskRun:
                             f"Embedding segment {res.shard[0].index} killed every Dask worker it "
                             f"ran on; give the workers at least --mem-budget each."
                         )
-                    self.note(res.value)
+                    self.note(res.value, "embed", int(res.value.get("rows", 0)))
                     done += int(res.value.get("rows", 0))
                     yield Progress("embed", done, n_rows)
             finally:
@@ -532,7 +450,8 @@ class _DaskRun:
         except Exception:  # a diagnostic only
             pass
         rec = self.record("dask")
-        rec.update(worker_peaks=self.peaks)
+        work = {**rec.get("work", {}), **self.work}
+        rec.update(worker_peaks=self.peaks, work=work)
         path = self.out / "run.json"
         doc = json.loads(path.read_text(encoding="utf-8"))
         doc["dask"] = {
@@ -541,6 +460,6 @@ class _DaskRun:
             "layout": layout.as_dict(),
             "worker_peak_rss_bytes": {w: int(p["peak"]) for w, p in self.peaks.items()},
             "client_peak_rss_bytes": self._peak(),
-            **{k: rec.get(k) for k in ("fits", "merges", "scatter", "transfers")},
+            **{k: rec.get(k) for k in ("work", "fits", "merges", "scatter", "transfers")},
         }
         atomic_write_bytes(path, json.dumps(doc, indent=1).encode())
