@@ -41,9 +41,12 @@ def _role(proc: psutil.Process, root: int) -> str:
         return "client"
     if "resource_tracker" in cmd:
         return "tracker"
-    if parent == root:
-        return "nanny" if "spawn_main" in cmd else "child"
-    return "worker"
+    if "loky" in cmd:
+        return "decoder"
+    # A LocalCluster's nannies run inside the client; each starts its worker process.
+    if parent == root and "spawn_main" in cmd:
+        return "worker"
+    return "other"
 
 
 def run_one(cmd: list[str], interval: float = 0.1) -> dict[str, Any]:

@@ -29,7 +29,7 @@ import numpy as np
 
 from .checkpoint import open_arrays, save_arrays
 from .decode import DECODE_MEMORY_CAP, DecodeChunk, decode_many
-from .errors import StoreError
+from .errors import CorruptSegmentError, StoreError
 from .fit_pca import PIXEL_SCALE, load_pca, read_scaled
 from .ingest import CHUNK
 from .pca import StreamingPCA
@@ -228,6 +228,13 @@ def segment_view(paths: Sequence[str], row_size: int, dtype: type) -> Iterator[R
         for i, p in enumerate(paths):
             os.symlink(p, view / segment_name(i))
         yield RowStore(view, row_size, dtype)
+    except CorruptSegmentError as exc:  # name the store's own segment, so it can be repaired
+        if not 0 <= exc.index < len(paths):
+            raise
+        real = Path(paths[exc.index])
+        index = int(real.stem.split("-")[-1])
+        text = str(exc).replace(str(exc.segment), str(real))
+        raise CorruptSegmentError(text, real, index) from exc
     finally:
         shutil.rmtree(view, ignore_errors=True)
 

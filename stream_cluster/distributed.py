@@ -54,7 +54,12 @@ from .config import RunConfig
 from .dask_executor import DaskExecutor, check_shared_storage, connect, require_dask
 from .decode import DecodeChunk
 from .embed import feature_store
-from .errors import CheckpointMismatchError, ConfigError, StreamClusterError
+from .errors import (
+    CheckpointMismatchError,
+    ConfigError,
+    CorruptSegmentError,
+    StreamClusterError,
+)
 from .fit_pca import load_pca
 from .ingest import start_ingest
 from .memprofile import MemorySampler
@@ -113,9 +118,19 @@ def iter_run_dask(
         shutil.rmtree(config.out_dir / DASK_DIR, ignore_errors=True)
     csv_path = config.out_dir / "memory.csv" if config.profile_memory else None
     with RunLock(config.out_dir), _ClientSampler(csv_path=csv_path) as sampler:
+        runfolder.discard_partials(config.out_dir)  # left by a kill -9 or power loss
         with connect(config.dask, config.mem_budget) as client:
-            run = _DaskRun(config, client, sampler, shard_images, decode_chunk)
-            return (yield from run.run())
+            for attempt in range(4):
+                try:
+                    run = _DaskRun(config, client, sampler, shard_images, decode_chunk)
+                    return (yield from run.run())
+                except CorruptSegmentError as exc:  # bit rot: rebuild the segment, resume
+                    if attempt == 3 or not runfolder.repair(config, exc):
+                        raise
+                except BaseException:  # an error, Ctrl-C/SIGTERM, close()
+                    runfolder.discard_partials(config.out_dir)
+                    raise
+    raise AssertionError("unreachable")
 
 
 class _DaskRun:
@@ -256,7 +271,7 @@ class _DaskRun:
             "report",
             report_stage(out, cfg, pixels, names, km, skipped, n_keep=n_keep, k=k,
                          pca=pca_rec.data, elbow=curve, peak=self._peak(),
-                         sample=self.sampler.sample),
+                         sample=self.sampler.sample, features=features),
         )  # fmt: skip
         stages = self.state.data["stages"]
         result = RunResult(
@@ -357,8 +372,10 @@ class _DaskRun:
         logger.warning("a Dask worker died on segment %d; decoding its %d files one by one",
                        job.index, len(job.files))  # fmt: skip
         crashed = []
-        for res in self.executor.map_unordered(decode_alone,
-                                               [replace(job, files=(f,)) for f in job.files]):
+        # One file at a time: a task waiting on a worker that dies is blamed along with the
+        # one that killed it, so nothing may share a worker with a file under suspicion.
+        alone = DaskExecutor(self.client, max_in_flight=1)
+        for res in alone.map_unordered(decode_alone, [replace(job, files=(f,)) for f in job.files]):
             if res.died is not None:
                 logger.warning("skipped %s: the decoder killed its Dask worker", res.shard.files[0])
                 crashed.append(res.shard.files[0])

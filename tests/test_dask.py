@@ -222,7 +222,7 @@ def test_dask_probe_says_when_workers_do_not_share_the_run_folder(tmp_path: Path
     out = tmp_path / "run"
     out.mkdir()
     env = {**os.environ, "PYTHONPATH": os.fspath(Path(stream_cluster.__file__).parents[1])}
-    with LocalCluster(n_workers=0, dashboard_address=None) as sched:
+    with LocalCluster(n_workers=0, dashboard_address=":0") as sched:
         cmd = (f'mount -t tmpfs tmpfs "{out}" && exec "{sys.executable}" -m '
                f"distributed.cli.dask_worker {sched.scheduler_address} --nworkers 1 --nthreads 1 "
                f"--no-dashboard --dashboard-address :0 --memory-limit {BUDGET}")  # fmt: skip
