@@ -21,6 +21,10 @@ _MEM_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:I?B)?\s*$", re.IGNORECA
 PCA_SOLVERS = ("gram", "sklearn")
 #: Pixel-store codecs (stream_cluster.store.COMPRESSIONS; "auto" is zstd for pixels).
 STORE_COMPRESSIONS = ("auto", "none", "lz4", "zstd")
+#: ``local:N`` or a scheduler address (``tcp://host:8786``, ``tls://...``, ``host:port``).
+_DASK_RE = re.compile(
+    r"local:[1-9]\d*|(?!local:)((tcp|tls|ucx|ws|wss|inproc)://)?([\w.\-]+|\[[\dA-Fa-f:.]+\])(:\d+)?"
+)
 
 
 def parse_mem(text: str | int) -> int:
@@ -131,6 +135,9 @@ class RunConfig:
         Keep the fewest components whose cumulative explained variance reaches this.
     k : int or None
         Number of clusters; None picks it from the elbow of ``k_range``.
+    dask : str or None
+        Run on Dask: ``local:N`` (N local worker processes) or a scheduler address such as
+        ``tcp://host:8786``; ``mem_budget`` then applies to each worker and to the client.
     """
 
     input_dir: Path
@@ -153,6 +160,7 @@ class RunConfig:
     montage_images: int = 48
     checkpoint_seconds: float = 20.0
     store_compression: str = "auto"
+    dask: str | None = None
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
@@ -199,6 +207,11 @@ class RunConfig:
             )
         if self.montage_images < 1:
             raise ConfigError(f"--montage-images must be >= 1. Got {self.montage_images}.")
+        if self.dask is not None and not _DASK_RE.fullmatch(self.dask):
+            raise ConfigError(
+                f"--dask must be local:N (N >= 1 worker processes on this machine) or a Dask "
+                f"scheduler address such as tcp://host:8786. Got {self.dask!r} instead."
+            )
         if self.out_dir.exists() and not self.out_dir.is_dir():
             raise ConfigError(
                 f"--out {self.out_dir} exists and is a file, not a folder. Give a folder path."

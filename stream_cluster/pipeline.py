@@ -1,10 +1,8 @@
 """The runner: scan, then the stages in order, with the lock, timing, memory and resume.
 
 :func:`iter_run` yields :class:`ProgressEvent` objects and does no printing; :func:`run`
-consumes them. Each stage lives in its own module and keeps its own progress record in
-``state.json``, written after its data is durable, so rerunning the same command after a kill
-continues where it stopped and ends with the same labels as an uninterrupted run.
-"""
+consumes them. Each stage lives in its own module and keeps its own durable progress record
+in ``state.json``, so a rerun after a kill ends with the labels of an uninterrupted run."""
 
 from __future__ import annotations
 
@@ -38,16 +36,13 @@ __all__ = ["STAGES", "ProgressEvent", "RunResult", "iter_run", "plan", "plan_fol
 logger = logging.getLogger(__name__)
 
 STAGES = ("scan", "ingest", "pca", "embed", "elbow", "cluster", "report")
-#: Niceness of decode workers running beside the PCA: they take only the CPU its BLAS threads
-#: leave idle, so the PCA, which decides the wall time, never waits for a core.
-BACKGROUND_NICE = 19
+BACKGROUND_NICE = 19  #: decode workers beside the PCA take only the CPU its BLAS leaves idle
 T = TypeVar("T")
 
 
 def run(config: RunConfig, *, fresh: bool = False, update: bool = False) -> RunResult:
     """Run (or resume, or with ``update`` grow) the whole pipeline and return its result."""
-    result: RunResult = run_to_end(iter_run(config, fresh=fresh, update=update))
-    return result
+    return run_to_end(iter_run(config, fresh=fresh, update=update))
 
 
 def iter_run(
@@ -59,6 +54,10 @@ def iter_run(
     image count against components and k, the memory plan and free disk space. With
     ``update``, a finished run whose folder changed grows (see :mod:`stream_cluster.update`).
     """
+    if config.dask is not None:  # the same stages spread over a Dask cluster
+        from .distributed import iter_run_dask
+
+        return (yield from iter_run_dask(config, fresh=fresh, update=update))
     runfolder.prepare_out_dir(config, fresh)
     csv_path = config.out_dir / "memory.csv" if config.profile_memory else None
     with RunLock(config.out_dir), MemorySampler(csv_path=csv_path) as sampler:

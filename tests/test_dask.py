@@ -1,0 +1,292 @@
+"""The run on Dask: a real LocalCluster with 2 worker processes, on small generated images."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import cv2
+import dask
+import numpy as np
+import pytest
+from distributed import Client, LocalCluster
+from sklearn.metrics import adjusted_rand_score
+
+import stream_cluster
+from stream_cluster import RunConfig
+from stream_cluster._cli import main
+from stream_cluster.checkpoint import load_arrays
+from stream_cluster.dask_executor import LOST_WORKER_SECONDS, DaskExecutor, SharedStorageError
+from stream_cluster.distributed import iter_run_dask
+from stream_cluster.executor import WorkerDied
+from stream_cluster.fit_pca import load_pca, read_scaled
+from stream_cluster.pca import StreamingPCA, merge_tree
+from stream_cluster.store import RowStore
+
+from . import dask_faults
+from .conftest import make_shapes_corpus
+from .executor_tasks import die_on_13, square
+
+BUDGET = 2 * 2**30
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[LocalCluster]:
+    """Two worker processes, one thread each; a task is given up after its second dead worker."""
+    settings = {"distributed.scheduler.allowed-failures": 1,
+                "distributed.deploy.lost-worker-timeout": LOST_WORKER_SECONDS}  # fmt: skip
+    with dask.config.set(settings):
+        with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                          dashboard_address=None, memory_limit=BUDGET) as c:  # fmt: skip
+            yield c
+
+
+@pytest.fixture(scope="module")
+def client(cluster: LocalCluster) -> Iterator[Client]:
+    with Client(cluster) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[int]]:
+    root = tmp_path_factory.mktemp("shapes")
+    return root, make_shapes_corpus(root, n=90)
+
+
+def _config(images: Path, out: Path, address: str, **kw: Any) -> RunConfig:
+    base: dict[str, Any] = dict(mem_budget=BUDGET, width=16, height=20, n_components=8, k=3,
+                                k_range=(2, 6), batch_size=16, checkpoint_seconds=0.0)  # fmt: skip
+    base.update(kw)
+    return RunConfig(images, out, dask=address, **base)
+
+
+def _run(config: RunConfig, stop_after: tuple[str, int] | None = None, **kw: Any) -> Any:
+    """Consume the run; with ``stop_after=(stage, done)``, stop the client at that event."""
+    gen = iter_run_dask(config, shard_images=32, **kw)
+    try:
+        while True:
+            ev = next(gen)
+            if stop_after and ev.stage == stop_after[0] and ev.done >= stop_after[1]:
+                gen.close()
+                return None
+    except StopIteration as stop:
+        return stop.value
+
+
+def _labels(out: Path) -> list[tuple[str, str]]:
+    with open(out / "labels.csv", newline="", encoding="utf-8") as fh:
+        return [(r["path"], r["cluster"]) for r in csv.DictReader(fh)]
+
+
+@pytest.fixture(scope="module")
+def reference(
+    cluster: LocalCluster, shapes: tuple[Path, list[int]], tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """An uninterrupted run on the shapes: the labels every fault test must reproduce."""
+    out = tmp_path_factory.mktemp("reference") / "run"
+    _run(_config(shapes[0], out, cluster.scheduler_address))
+    return out
+
+
+def test_dask_run_labels_every_image(reference: Path, shapes: tuple[Path, list[int]]) -> None:
+    """Check that every image gets a label, the kinds are found and run.json has the Dask part."""
+    rows = _labels(reference)
+    assert len(rows) == 90 and len({p for p, _ in rows}) == 90
+    truth = [int(Path(p).parent.name[-1]) for p, _ in rows]
+    assert adjusted_rand_score(truth, [int(c) for _, c in rows]) > 0.9
+    doc = json.loads((reference / "run.json").read_text())
+    dask_doc = doc["dask"]
+    assert dask_doc["layout"]["shard_bounds"] == [0, 2, 4, 6]  # 6 segments of 16, 3 shards
+    assert set(dask_doc["fits"]) == {"0", "1", "2"}
+    assert set(dask_doc["merges"]) == {"0-1", "0-2"}
+    assert all(m["read_bytes"] > 0 and m["seconds"] > 0 for m in dask_doc["merges"].values())
+    assert len(dask_doc["worker_peak_rss_bytes"]) >= 2
+    assert all(0 < p < BUDGET for p in dask_doc["worker_peak_rss_bytes"].values())
+    assert doc["results"]["n_images"] == 90
+    for name in ("index.html", "model.h5", "skipped.csv", "montages/cluster-000.png"):
+        assert (reference / name).exists(), name
+
+
+def test_dask_run_is_deterministic(reference: Path, cluster: LocalCluster, tmp_path: Path,
+                                   shapes: tuple[Path, list[int]]) -> None:  # fmt: skip
+    """Check that the same shards and seed give the same labels and PCA in a new run folder."""
+    out = tmp_path / "again"
+    _run(_config(shapes[0], out, cluster.scheduler_address))
+    assert _labels(out) == _labels(reference)
+    a, _ = load_arrays(out / "pca.h5")
+    b, _ = load_arrays(reference / "pca.h5")
+    np.testing.assert_array_equal(a["components_"], b["components_"])
+
+
+def test_dask_tree_is_merge_tree_of_the_shard_states(reference: Path) -> None:
+    """Check that the PCA the tasks merged is merge_tree of the shard states, in shard order."""
+    shards = [load_pca(reference / "dask" / "pca" / f"shard-{j:06d}.h5") for j in range(3)]
+    expected = merge_tree(shards)
+    got = load_pca(reference / "pca.h5")
+    assert got.n_samples_seen_ == 90
+    np.testing.assert_allclose(got.explained_variance_, expected.explained_variance_, rtol=1e-5)
+    np.testing.assert_allclose(np.abs(np.sum(got.components_ * expected.components_, axis=1)),
+                               1.0, atol=1e-4)  # fmt: skip
+
+
+def _lowrank_corpus(root: Path, n: int, rank: int, seed: int = 0) -> None:
+    """Grey 16x20 PNGs that are integer mixtures of ``rank`` binary patterns: exact rank."""
+    rng = np.random.default_rng(seed)
+    patterns = rng.random((rank, 20, 16)) < 0.3
+    root.mkdir(parents=True)
+    for i in range(n):
+        img = (patterns * rng.integers(0, 60, rank)[:, None, None]).sum(axis=0)
+        cv2.imwrite(str(root / f"img-{i:03d}.png"), img.astype(np.uint8))
+
+
+def test_dask_merged_pca_equals_a_sequential_fit(cluster: LocalCluster, tmp_path: Path) -> None:
+    """Check that with every shard and merge holding the full rank, the merged PCA equals one
+    StreamingPCA fitted on all rows in order (explained variance, components, mean)."""
+    _lowrank_corpus(tmp_path / "img", 120, rank=5)
+    out = tmp_path / "run"
+    _run(_config(tmp_path / "img", out, cluster.scheduler_address, k=2))
+    pixels = RowStore(out / "pixels", 320, np.uint8)
+    seq = StreamingPCA(8)
+    for lo in range(0, len(pixels), 16):
+        seq.partial_fit(read_scaled(pixels, lo, min(lo + 16, len(pixels))))
+    got = load_pca(out / "pca.h5")
+    assert got.n_samples_seen_ == seq.n_samples_seen_ == 120
+    np.testing.assert_allclose(got.mean_, seq.mean_, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(got.var_, seq.var_, rtol=1e-8, atol=1e-12)
+    np.testing.assert_allclose(got.explained_variance_[:5], seq.explained_variance_[:5], rtol=1e-5)
+    assert np.all(got.explained_variance_[5:] < 1e-6 * got.explained_variance_[0])
+    np.testing.assert_allclose(got.components_[:5] @ seq.components_[:5].T, np.eye(5), atol=1e-4)
+
+
+@pytest.mark.parametrize("target", ["ingest", "fit", "merge"])
+def test_dask_worker_killed_mid_task_gives_the_same_labels(
+    target: str, reference: Path, cluster: LocalCluster, client: Client, tmp_path: Path,
+    shapes: tuple[Path, list[int]],
+) -> None:  # fmt: skip
+    """Check that a worker SIGKILLed inside a task is restarted, the task rerun, and the labels
+    are those of the run without the fault."""
+    marker = tmp_path / "killed"
+    client.run(dask_faults.arm, target, os.fspath(marker))
+    try:
+        out = tmp_path / "run"
+        _run(_config(shapes[0], out, cluster.scheduler_address))
+    finally:
+        client.run(dask_faults.disarm, target)
+    assert marker.exists(), "no worker was killed"
+    client.wait_for_workers(2, timeout=60)
+    assert _labels(out) == _labels(reference)
+
+
+def test_dask_client_stopped_then_rerun_keeps_finished_work(
+    reference: Path, cluster: LocalCluster, tmp_path: Path, shapes: tuple[Path, list[int]]
+) -> None:
+    """Check that after the client stops mid-PCA, the same command keeps the segments and the
+    finished shard states and ends with the labels of an uninterrupted run."""
+    out = tmp_path / "run"
+    config = _config(shapes[0], out, cluster.scheduler_address)
+    assert _run(config, stop_after=("pca", 2)) is None
+    states = sorted((out / "dask" / "pca").glob("*.h5"))
+    assert states, "no PCA state was finished before the stop"
+    kept = {p: p.stat().st_mtime_ns for p in [*states, *(out / "pixels").glob("seg-*.h5")]}
+    _run(config)
+    assert {p: p.stat().st_mtime_ns for p in kept} == kept
+    assert _labels(out) == _labels(reference)
+
+
+@pytest.mark.slow
+def test_dask_file_that_kills_its_worker_is_skipped(cluster: LocalCluster, tmp_path: Path) -> None:
+    """Check that a file whose decoder kills every worker is skipped as a crash, the rest kept."""
+    from .crashy import decode_or_die
+
+    images = tmp_path / "img"
+    make_shapes_corpus(images, n=40)
+    shutil.copy(images / "kind0" / "img-000.png", images / "kind0" / "crash.png")
+    out = tmp_path / "run"
+    res = _run(_config(images, out, cluster.scheduler_address), decode_chunk=decode_or_die)
+    assert res.n_images == 40 and res.n_skipped == 1
+    assert "crash.png" in (out / "skipped.csv").read_text()
+
+
+def test_dask_probe_says_when_workers_do_not_share_the_run_folder(tmp_path: Path) -> None:
+    """Check the message when a worker's run folder is another directory than the client's: a
+    worker in its own mount namespace sees an empty tmpfs mounted over the run folder."""
+    images = tmp_path / "img"
+    make_shapes_corpus(images, n=12)
+    out = tmp_path / "run"
+    out.mkdir()
+    env = {**os.environ, "PYTHONPATH": os.fspath(Path(stream_cluster.__file__).parents[1])}
+    with LocalCluster(n_workers=0, dashboard_address=":0") as sched:
+        cmd = (f'mount -t tmpfs tmpfs "{out}" && exec "{sys.executable}" -m '
+               f"distributed.cli.dask_worker {sched.scheduler_address} --nworkers 1 --nthreads 1 "
+               f"--no-dashboard --dashboard-address :0 --memory-limit {BUDGET}")  # fmt: skip
+        worker = subprocess.Popen(["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                                   cmd], env=env)  # fmt: skip
+        try:
+            with pytest.raises(SharedStorageError, match="not on storage shared") as err:
+                _run(_config(images, out, sched.scheduler_address, n_components=4))
+        finally:
+            worker.kill()
+            worker.wait(timeout=30)
+    text = str(err.value)
+    assert str(out) in text and "which this client cannot read" in text
+    assert "--dask local:N" in text
+
+
+def test_dask_executor_yields_every_result_and_reports_dead_shards(client: Client) -> None:
+    """Check the Executor contract on Dask: every result once, a window, a killing shard."""
+    ex = DaskExecutor(client, max_in_flight=3)
+    got = {r.index: r.value for r in ex.map_unordered(square, range(20), window=2)}
+    assert got == {i: i * i for i in range(20)}
+    results = {r.index: r for r in ex.map_unordered(die_on_13, range(16))}
+    assert isinstance(results[13].died, WorkerDied)
+    assert all(results[i].value == i for i in range(16) if i != 13)
+    client.wait_for_workers(2, timeout=60)
+
+
+def test_cli_dask_without_the_extra_says_how_to_install(
+    shapes: tuple[Path, list[int]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    """Check that --dask without Dask installed stops with the pip command, exit code 2."""
+    monkeypatch.setitem(sys.modules, "distributed", None)  # import distributed -> ImportError
+    code = main([os.fspath(shapes[0]), "--dask", "local:2", "--out", os.fspath(tmp_path / "r")])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "pip install 'stream-cluster[dask]'" in err
+    assert not (tmp_path / "r").exists()
+
+
+def test_cli_dask_checks_the_address_and_plans_per_worker(
+    shapes: tuple[Path, list[int]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Check that a bad --dask is refused by name and the plan says the budget is per worker."""
+    assert main([os.fspath(shapes[0]), "--dask", "local:0"]) == 2
+    assert "--dask must be local:N" in capsys.readouterr().err
+    argv = ["plan", os.fspath(shapes[0]), "--dask", "local:2", "--mem-budget", "2G",
+            "--size", "16x20", "--components", "8"]  # fmt: skip
+    assert main(argv) == 0
+    text = capsys.readouterr().out
+    assert "applies to each of the 2 local worker processes" in text
+    assert "and to this client process" in text
+
+
+@pytest.mark.slow
+def test_cli_dask_local_cluster_runs(
+    shapes: tuple[Path, list[int]], tmp_path: Path
+) -> None:
+    """Check `stream-cluster IMAGES --dask local:2` end to end in a subprocess."""
+    out = tmp_path / "run"
+    argv = [sys.executable, "-m", "stream_cluster", os.fspath(shapes[0]), "--dask", "local:2",
+            "--out", os.fspath(out), "--size", "16x20", "--components", "8", "--k", "3",
+            "--batch-size", "16", "--no-progress"]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": os.fspath(Path(stream_cluster.__file__).parents[1])}
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert len(_labels(out)) == 90
