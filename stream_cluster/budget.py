@@ -242,11 +242,14 @@ def plan_memory(
         n_images, k_out, max(max_k, 1), embed_batch, usable, exact
     )
     if kmeans_bytes > usable:
+        # A larger budget may plan a larger PCA batch, so advise for the largest there can be.
+        widest = max(min(candidates[0], max(n_images, min_batch)), min_batch, 1024)
+        need = max(kmeans_bytes, _kmeans_bytes(n_images, k_out, max(max_k, 1), "stream", widest))
         raise BudgetError(
             f"--mem-budget {format_bytes(budget)} is too small to cluster {n_images:,} images: "
             f"streamed k-means needs {format_bytes(kmeans_bytes)} (the labels and distances of "
             f"every image and batches of {kmeans_batch}) plus {1 - SAFETY:.0%} headroom. "
-            f"Use --mem-budget {_round_up(kmeans_bytes / SAFETY)} or more."
+            f"Use --mem-budget {_round_up(need / SAFETY)} or more."
         )
     stage_bytes = {
         "ingest": ingest_bytes(n_workers, segment_rows),

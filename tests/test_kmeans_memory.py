@@ -30,42 +30,58 @@ MiB = 2**20
 #: The model may exceed the measured peak by at most 2x plus this much (it stays useful).
 MODEL_HEADROOM = 16 * MiB
 
-CASES = [
-    pytest.param(5_000, 64, 20, id="5k x 64"),
-    pytest.param(20_000, 200, 20, id="20k x 200"),
-    pytest.param(60_000, 128, 20, marks=pytest.mark.slow, id="60k x 128"),
-    pytest.param(60_000, 200, 10, marks=pytest.mark.slow, id="60k x 200"),
-]
 MODES = ["array", "load", "stream"]
+SHAPES = [  # n, d, k, slow
+    (5_000, 64, 20, False),
+    (20_000, 200, 20, False),
+    (60_000, 128, 20, True),
+    (60_000, 200, 10, True),
+]
+#: Streamed batches of 1,024 rows (the pipeline's least), and one wide case where the batch,
+#: not the allowance for threads and the allocator, dominates the streamed peak.
+CASES = [
+    pytest.param(
+        n, d, k, mode, 1024 if mode == "stream" else ASSIGN_BATCH,
+        marks=[pytest.mark.slow] if slow else [], id=f"{n // 1000}k x {d}-{mode}",
+    )
+    for n, d, k, slow in SHAPES
+    for mode in MODES
+] + [pytest.param(20_000, 800, 20, "stream", 4096, marks=pytest.mark.slow, id="20k x 800-stream")]
+
+
+class _Stores(dict[tuple[int, int], Path]):
+    """Float32 feature stores by ``(n, d)``, written on first use."""
+
+    def __init__(self, factory: pytest.TempPathFactory) -> None:
+        super().__init__()
+        self.factory = factory
+
+    def __missing__(self, key: tuple[int, int]) -> Path:
+        path = self.factory.mktemp(f"features-{key[0]}-{key[1]}")
+        write_store(path, *key)
+        self[key] = path
+        return path
 
 
 @pytest.fixture(scope="module")
-def stores(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[int, int], Path]:
-    """Float32 feature stores of every case's shape, written once."""
-    out = {}
-    for case in CASES:
-        n, d, _ = case.values
-        path = tmp_path_factory.mktemp(f"features-{n}-{d}")
-        write_store(path, int(n), int(d))  # type: ignore[call-overload]
-        out[int(n), int(d)] = path  # type: ignore[call-overload]
-    return out
+def stores(tmp_path_factory: pytest.TempPathFactory) -> _Stores:
+    """Feature stores shared by the module's cases."""
+    return _Stores(tmp_path_factory)
 
 
 def _model(n: int, d: int, k: int, mode: Mode, batch: int) -> int:
     return _kmeans_bytes(n, d, k, mode, batch) - PARENT_BASE_BYTES
 
 
-@pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize(("n", "d", "k"), CASES)
+@pytest.mark.parametrize(("n", "d", "k", "mode", "batch"), CASES)
 def test_kmeans_memory_model_bounds_measured_peak(
-    stores: dict[tuple[int, int], Path], n: int, d: int, k: int, mode: Mode
+    stores: _Stores, n: int, d: int, k: int, mode: Mode, batch: int
 ) -> None:
     """Check that the planner's k-means model never underestimates the measured peak RSS.
 
     And that it is at most twice the measured peak plus 16 MiB, so the planner does not
-    stream features that would fit. Streamed batches are 1,024 rows (the pipeline's least).
+    stream features that would fit.
     """
-    batch = 1024 if mode == "stream" else ASSIGN_BATCH
     got = measure(mode, n, d, k, batch, stores[n, d])
     measured = int(got["peak"])  # type: ignore[call-overload]
     model = _model(n, d, k, mode, batch)
