@@ -3,6 +3,7 @@
 # --update; side by side with a fresh run on all 8,121 (same budget/settings). Hard links keep
 # the files identical (same mtime) without copying.
 set -eu
+REPO=$(cd "$REPO" && pwd)
 SRC=/work/data/clipart; G=/work/data/grow; R=/work/runs/upd
 rm -rf $G $R; mkdir -p $G $R
 cd $SRC; find . -name '*.png' | sort > /tmp/all.txt
@@ -15,7 +16,7 @@ open("/tmp/rest.txt", "w").write("\n".join(sorted(files[4000:])) + "\n")
 PY
 while read f; do mkdir -p "$G/$(dirname $f)"; ln "$SRC/$f" "$G/$f"; done < /tmp/first.txt
 ARGS="--mem-budget 2G --components 800 --k 10 --no-progress"
-cd "$(dirname "$0")/.."
+cd "$REPO"
 /usr/bin/time -f "first4000 %e s %M KB" python3 -m stream_cluster $G --out $R/grown $ARGS 2>> $R/times.txt >/dev/null
 while read f; do mkdir -p "$G/$(dirname $f)"; ln "$SRC/$f" "$G/$f"; done < /tmp/rest.txt
 /usr/bin/time -f "update %e s %M KB" python3 -m stream_cluster $G --out $R/grown $ARGS --update 2>> $R/times.txt >/dev/null
