@@ -3,7 +3,7 @@
 # --update; side by side with a fresh run on all 8,121 (same budget/settings). Hard links keep
 # the files identical (same mtime) without copying.
 set -eu
-REPO=$(cd "$REPO" && pwd)
+REPO=$(cd "$(dirname "$0")/.." && pwd)
 SRC=/work/data/clipart; G=/work/data/grow; R=/work/runs/upd
 rm -rf $G $R; mkdir -p $G $R
 cd $SRC; find . -name '*.png' | sort > /tmp/all.txt
