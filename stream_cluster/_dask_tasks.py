@@ -266,7 +266,8 @@ def fit_shard(job: ShardJob) -> dict[str, Any]:
 def merge_node(
     left: dict[str, Any], right: dict[str, Any], out: str, n_components: int
 ) -> dict[str, Any]:
-    """Merge the PCA states saved by two child tasks (``left``, ``right``) into ``out``.
+    """Merge the PCA states saved by two child tasks (``left``, ``right``) into ``out``, then
+    delete the two inputs.
 
     Memory: both input models, the merged one (``3 * 4 k d`` bytes) and the merge's buffers.
     """
@@ -282,11 +283,16 @@ def merge_node(
     del a, b
     t2 = time.perf_counter()
     _save_state(Path(out), merged, {"rows": left["rows"] + right["rows"]})
+    read_bytes = os.path.getsize(left["path"]) + os.path.getsize(right["path"])
+    # The inputs are needed only until their merge is saved (a retry finds the output and
+    # returns): dropping them keeps the disk to a few states per worker, not one per node.
+    for child in (left, right):
+        Path(child["path"]).unlink(missing_ok=True)
     return _state_info(
         out,
         t0,
         rows=left["rows"] + right["rows"],
-        read_bytes=os.path.getsize(left["path"]) + os.path.getsize(right["path"]),
+        read_bytes=read_bytes,
         written_bytes=os.path.getsize(out),
         load_seconds=t_load,
         merge_seconds=t_merge,

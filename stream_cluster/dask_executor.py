@@ -97,7 +97,12 @@ def connect(address: str, mem_budget: int) -> Iterator[Any]:
     if n is not None:
         # A worker the nanny restarts must rejoin before the cluster gives up on it (default
         # 15 s, which a restart on a busy machine can exceed: the cluster would then shrink).
-        with dask.config.set({"distributed.deploy.lost-worker-timeout": LOST_WORKER_SECONDS}):
+        # No spilling on process memory: the plan sizes every task, a PCA task's arrays are
+        # not spillable results, and Dask would warn at 70% of the budget on every fit; the
+        # pause at 80% and the restart at 95% stay.
+        settings = {"distributed.deploy.lost-worker-timeout": LOST_WORKER_SECONDS,
+                    "distributed.worker.memory.spill": False}  # fmt: skip
+        with dask.config.set(settings):
             with LocalCluster(  # type: ignore[no-untyped-call]
                 n_workers=n,
                 threads_per_worker=1,

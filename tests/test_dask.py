@@ -125,10 +125,18 @@ def test_dask_run_is_deterministic(reference: Path, cluster: LocalCluster, tmp_p
     np.testing.assert_array_equal(a["components_"], b["components_"])
 
 
-def test_dask_tree_is_merge_tree_of_the_shard_states(reference: Path) -> None:
-    """Check that the PCA the tasks merged is merge_tree of the shard states, in shard order."""
-    shards = [load_pca(reference / "dask" / "pca" / f"shard-{j:06d}.h5") for j in range(3)]
+def test_dask_tree_is_merge_tree_of_the_shard_fits(reference: Path) -> None:
+    """Check that the PCA the tasks merged is merge_tree of the shards' fits, in shard order,
+    and that no intermediate state is left on disk."""
+    pixels = RowStore(reference / "pixels", 320, np.uint8)
+    shards = []
+    for lo, hi in ((0, 32), (32, 64), (64, 90)):  # segments [0, 2), [2, 4), [4, 6) of 16 rows
+        model = StreamingPCA(8)
+        for b in range(lo, hi, 16):
+            model.partial_fit(read_scaled(pixels, b, min(b + 16, hi)))
+        shards.append(model)
     expected = merge_tree(shards)
+    assert not (reference / "dask" / "pca").exists()
     got = load_pca(reference / "pca.h5")
     assert got.n_samples_seen_ == 90
     np.testing.assert_allclose(got.explained_variance_, expected.explained_variance_, rtol=1e-5)
@@ -192,11 +200,13 @@ def test_dask_client_stopped_then_rerun_keeps_finished_work(
     out = tmp_path / "run"
     config = _config(shapes[0], out, cluster.scheduler_address)
     assert _run(config, stop_after=("pca", 2)) is None
-    states = sorted((out / "dask" / "pca").glob("*.h5"))
-    assert states, "no PCA state was finished before the stop"
-    kept = {p: p.stat().st_mtime_ns for p in [*states, *(out / "pixels").glob("seg-*.h5")]}
+    fits = json.loads((out / "state.json").read_text())["stages"]["dask"]["fits"]
+    assert len(fits) >= 2, "fewer than 2 shards were fitted before the stop"
+    segments = {p: p.stat().st_mtime_ns for p in (out / "pixels").glob("seg-*.h5")}
     _run(config)
-    assert {p: p.stat().st_mtime_ns for p in kept} == kept
+    after = json.loads((out / "state.json").read_text())["stages"]["dask"]["fits"]
+    assert {j: after[j] for j in fits} == fits  # not fitted again: same worker, pid, seconds
+    assert {p: p.stat().st_mtime_ns for p in segments} == segments
     assert _labels(out) == _labels(reference)
 
 
