@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import os
 import shutil
@@ -25,6 +26,7 @@ from stream_cluster._cli import main
 from stream_cluster.checkpoint import load_arrays
 from stream_cluster.dask_executor import LOST_WORKER_SECONDS, DaskExecutor, SharedStorageError
 from stream_cluster.distributed import iter_run_dask
+from stream_cluster.errors import CheckpointMismatchError, ConfigError
 from stream_cluster.executor import WorkerDied
 from stream_cluster.fit_pca import load_pca, read_scaled
 from stream_cluster.pca import StreamingPCA, merge_tree
@@ -300,3 +302,16 @@ def test_cli_dask_local_cluster_runs(
     done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert len(_labels(out)) == 90
+
+
+def test_dask_refuses_update_and_a_single_process_run_folder(
+    shapes: tuple[Path, list[int]], cluster: LocalCluster, tmp_path: Path
+) -> None:
+    """Check that --update is refused with --dask, and so is a folder a run without it made."""
+    out = tmp_path / "run"
+    config = _config(shapes[0], out, cluster.scheduler_address)
+    with pytest.raises(ConfigError, match="--update is not available with --dask"):
+        _run(config, update=True)
+    stream_cluster.run(dataclasses.replace(config, dask=None, workers=0))
+    with pytest.raises(CheckpointMismatchError, match="made without --dask"):
+        _run(config)
