@@ -14,7 +14,7 @@ import numpy as np
 from .fit_pca import PIXEL_SCALE
 from .pca import StreamingPCA
 from .stage import Progress, StageRecord
-from .store import RowStore
+from .store import RowsOf, RowStore
 
 __all__ = ["embed", "feature_store"]
 
@@ -22,18 +22,6 @@ __all__ = ["embed", "feature_store"]
 def feature_store(out_dir: Path, n_keep: int) -> RowStore:
     """The run's feature store (``n_keep`` float32 values per image)."""
     return RowStore(out_dir / "features", n_keep, np.float32)
-
-
-def _read_rows(pixels: RowStore, idx: np.ndarray) -> np.ndarray:
-    """Rows ``idx`` (ascending) of the store, read run by run of consecutive rows."""
-    if len(idx) and idx[-1] - idx[0] == len(idx) - 1:
-        return pixels.read(int(idx[0]), int(idx[-1]) + 1)
-    out = np.empty((len(idx), pixels.row_size), dtype=pixels.dtype)
-    breaks = np.nonzero(np.diff(idx) != 1)[0] + 1
-    for run in np.split(np.arange(len(idx)), breaks):
-        lo = int(idx[run[0]])
-        pixels.read(lo, lo + len(run), out=out[run[0] : run[-1] + 1])
-    return out
 
 
 def embed(
@@ -66,11 +54,12 @@ def embed(
     pca = model()
     n_keep = features.row_size
     names = pixels.names()
+    view = RowsOf(pixels, rows)  # consecutive rows are read together
     yield Progress("embed", len(features), n)
     for lo in range(len(features), n, batch):
         idx = rows[lo : lo + batch]
         # transform scales the uint8 rows block by block: no float32 copy of the batch.
-        x = _read_rows(pixels, idx)
+        x = view.read(lo, lo + len(idx))
         z = pca.transform(x, scale=PIXEL_SCALE)[:, :n_keep]
         del x
         features.append(np.ascontiguousarray(z, dtype=np.float32), [names[i] for i in idx])

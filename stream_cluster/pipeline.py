@@ -187,7 +187,8 @@ class _Runner:
         self.skipped = len(scan_skipped) + len(decoded)
 
         # -- embed, elbow, cluster ------------------------------------------------------------
-        rows = active_rows(pixels.names(), files)  # after updates: each current file's row
+        all_names = pixels.names()  # read once: embed, labels and the report use them
+        rows = active_rows(all_names, files)  # after updates: each current file's row
         pca_rec = self.record("pca")
         n_keep = int(pca_rec.get("n_keep"))
         features = yield from self.stage(
@@ -218,7 +219,6 @@ class _Runner:
         del source
 
         # -- results: labels, model, report, run.json -----------------------------------------
-        all_names = pixels.names()
         names = [os.fsdecode(all_names[i]) for i in rows]
         compare_labels(out, self.state, names, km)
         skipped = [*scan_skipped, *decoded]
