@@ -52,8 +52,14 @@ def run_one(corpus: Path, run_dir: Path, n: int, args: list[str], label: str) ->
     with open(run_dir.parent / f"{run_dir.name}.log", "w") as log:
         rc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT).returncode
     wall = time.perf_counter() - t0
-    rec: dict[str, object] = {"label": label, "n": n, "cmd": " ".join(cmd), "rc": rc,
-                              "wall_s": round(wall, 2), "load_after": os.getloadavg()[0]}
+    rec: dict[str, object] = {
+        "label": label,
+        "n": n,
+        "cmd": " ".join(cmd),
+        "rc": rc,
+        "wall_s": round(wall, 2),
+        "load_after": os.getloadavg()[0],
+    }
     if rc == 0:
         run = json.loads((run_dir / "run.json").read_text())
         stages = json.loads((run_dir / "state.json").read_text())["stages"]
@@ -81,15 +87,22 @@ def table(records: list[dict[str, object]]) -> str:
             continue
         st = r["stages"]
         assert isinstance(st, dict)
-        cells = [str(r["label"]), f"{r['n']:,}", f"{r['wall_s']:.1f}",
-                 f"{int(r['peak_rss']) / 2**20:.0f}"]  # type: ignore[call-overload]
+        cells = [
+            str(r["label"]),
+            f"{r['n']:,}",
+            f"{r['wall_s']:.1f}",
+            f"{int(r['peak_rss']) / 2**20:.0f}",
+        ]  # type: ignore[call-overload]
         for s in stages:
             v = st.get(s)
             cells.append("" if v is None else f"{v['seconds']:.1f} / {v['peak_rss'] / 2**20:.0f}")
         disk = r["disk"]
         assert isinstance(disk, dict)
-        cells += [f"{disk.get('pixels', 0) / 1e6:.0f}", f"{disk.get('features', 0) / 1e6:.0f}",
-                  f"{int(r['disk_total']) / 1e6:.0f}"]  # type: ignore[call-overload]
+        cells += [
+            f"{disk.get('pixels', 0) / 1e6:.0f}",
+            f"{disk.get('features', 0) / 1e6:.0f}",
+            f"{int(r['disk_total']) / 1e6:.0f}",
+        ]  # type: ignore[call-overload]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
