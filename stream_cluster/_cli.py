@@ -119,6 +119,14 @@ def _add_run_options(p: argparse.ArgumentParser, *, demo: bool = False) -> None:
         "on clip-art, 0.85x on photos; every chunk carries a Fletcher-32 checksum)",
     )
     p.add_argument(
+        "--keep-pixels",
+        choices=("always", "never"),
+        default="always",
+        help="never: write no pixel store (saves ~0.1-0.9x the images' raw size on disk); "
+        "the images are decoded again for the embed pass and the report, so a run takes "
+        "longer (same labels). Not with --update or --dask.",
+    )
+    p.add_argument(
         "--fresh", action="store_true", help="discard what the run folder holds and start over"
     )
     p.add_argument(
@@ -188,6 +196,7 @@ def _config(
         montage_images=args.montage_images,
         checkpoint_seconds=args.checkpoint_every,
         store_compression=args.store_compression,
+        keep_pixels=args.keep_pixels,
         dask=args.dask,
     )
 
@@ -277,7 +286,8 @@ def _disk_hint(config: RunConfig) -> str:
         state = RunState(out / "state.json")
         n_files = int(state.stage("ingest").get("n_files", 0))
         free = shutil.disk_usage(out).free
-        need = disk_need(out, config, n_files, bool(state.stage("pca").get("done")))
+        need = disk_need(out, config, n_files, bool(state.stage("pca").get("done")),
+                         int(state.stage("ingest").get("next_file", 0)))  # fmt: skip
     except (OSError, ValueError, StreamClusterError):
         return "stream-cluster: free some space there, then rerun the same command to resume."
     return (

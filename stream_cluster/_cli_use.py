@@ -72,12 +72,19 @@ def _montage(run: Path, matches: list[object], out: Path) -> None:
 
     settings = json.loads((run / "run.json").read_text(encoding="utf-8"))["settings"]
     w, h = int(settings["width"]), int(settings["height"])
-    pixels = RowStore(run / "pixels", w * h, np.uint8)
-    names = {n: i for i, n in enumerate(pixels.names())}
     import os
 
-    rows = [names[os.fsencode(m.path)] for m in matches]  # type: ignore[attr-defined]
-    imgs = [r.reshape(h, w) for r in pixels.read_rows(rows)]
+    paths = [os.fsencode(m.path) for m in matches]  # type: ignore[attr-defined]
+    if (run / "pixels").is_dir():
+        pixels = RowStore(run / "pixels", w * h, np.uint8)
+        names = {n: i for i, n in enumerate(pixels.names())}
+        rows = pixels.read_rows([names[p] for p in paths])
+    else:  # --keep-pixels never: decode the run's images again from its input folder
+        from .transient import SourcePixels
+
+        with SourcePixels(settings["input_dir"], paths, w, h) as source:
+            rows = source.read(0, len(paths))
+    imgs = [r.reshape(h, w) for r in rows]
     write_montage(
         imgs,
         out,

@@ -21,6 +21,8 @@ _MEM_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:I?B)?\s*$", re.IGNORECA
 PCA_SOLVERS = ("gram", "sklearn")
 #: Pixel-store codecs (stream_cluster.store.COMPRESSIONS; "auto" is zstd for pixels).
 STORE_COMPRESSIONS = ("auto", "none", "lz4", "zstd")
+#: ``--keep-pixels``: keep the decoded pixels in a store, or decode the images again instead.
+KEEP_PIXELS = ("always", "never")
 #: ``local:N`` or a scheduler address (``tcp://host:8786``, ``tls://...``, ``host:port``).
 _DASK_RE = re.compile(
     r"local:[1-9]\d*|(?!local:)((tcp|tls|ucx|ws|wss|inproc)://)?([\w.\-]+|\[[\dA-Fa-f:.]+\])(:\d+)?"
@@ -160,6 +162,7 @@ class RunConfig:
     montage_images: int = 48
     checkpoint_seconds: float = 20.0
     store_compression: str = "auto"
+    keep_pixels: str = "always"
     dask: str | None = None
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
@@ -205,6 +208,16 @@ class RunConfig:
                 f"--store-compression must be one of {', '.join(STORE_COMPRESSIONS)}. "
                 f"Got {self.store_compression!r} instead."
             )
+        if self.keep_pixels not in KEEP_PIXELS:
+            raise ConfigError(
+                f"--keep-pixels must be one of {', '.join(KEEP_PIXELS)}. "
+                f"Got {self.keep_pixels!r} instead."
+            )
+        if self.keep_pixels == "never" and self.dask is not None:
+            raise ConfigError(
+                "--keep-pixels never cannot be used with --dask: Dask workers hand the pixels "
+                "to each other through the store. Use --keep-pixels always (the default)."
+            )
         if self.montage_images < 1:
             raise ConfigError(f"--montage-images must be >= 1. Got {self.montage_images}.")
         if self.dask is not None and not _DASK_RE.fullmatch(self.dask):
@@ -239,7 +252,7 @@ class RunConfig:
     def stage_key(self, stage: str) -> dict[str, Any]:
         """The settings that decide a stage's result; a change in them invalidates the stage."""
         keys = {
-            "ingest": ["width", "height", "follow_symlinks"],
+            "ingest": ["width", "height", "follow_symlinks", "keep_pixels"],
             # The PCA is deterministic and takes no seed: --seed affects only k-means.
             "pca": ["n_components", "pca_solver"],
             "elbow": ["k_range", "seed", "variance"],

@@ -14,7 +14,7 @@ import numpy as np
 from .fit_pca import PIXEL_SCALE
 from .pca import StreamingPCA
 from .stage import Progress, StageRecord
-from .store import RowsOf, RowStore
+from .store import RowsOf, RowSource, RowStore
 
 __all__ = ["embed", "feature_store"]
 
@@ -26,7 +26,7 @@ def feature_store(out_dir: Path, n_keep: int) -> RowStore:
 
 def embed(
     record: StageRecord,
-    pixels: RowStore,
+    pixels: RowSource,
     features: RowStore,
     model: Callable[[], StreamingPCA],
     *,

@@ -10,6 +10,7 @@ __all__ = [
     "DiskFullError",
     "InputError",
     "RunLockedError",
+    "SourceChangedError",
     "StoreError",
     "StreamClusterError",
 ]
@@ -50,6 +51,10 @@ class CorruptSegmentError(StoreError):
 
 class RunLockedError(StreamClusterError):
     """Another stream-cluster process holds the run folder."""
+
+
+class SourceChangedError(InputError):
+    """An image read again (``--keep-pixels never``) no longer decodes as it did."""
 
 
 class DiskFullError(StreamClusterError, OSError):

@@ -16,12 +16,20 @@ from pathlib import Path
 import numpy as np
 
 from .budget import READ_ROWS
-from .checkpoint import load_arrays, open_arrays, save_arrays
+from .checkpoint import open_arrays, save_arrays
 from .pca import StreamingPCA
 from .stage import Background, Progress, StageRecord, same_key
-from .store import RowStore
+from .store import RowReader
 
-__all__ = ["PIXEL_SCALE", "RowsFeed", "fit_pca", "kept_components", "load_pca", "read_scaled"]
+__all__ = [
+    "PIXEL_SCALE",
+    "RowsFeed",
+    "fit_pca",
+    "kept_components",
+    "load_pca",
+    "read_scaled",
+    "resume_cursor",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -29,7 +37,7 @@ logger = logging.getLogger(__name__)
 PIXEL_SCALE = np.float32(1.0 / 255.0)
 
 
-def read_scaled(pixels: RowStore, lo: int, hi: int) -> np.ndarray:
+def read_scaled(pixels: RowReader, lo: int, hi: int) -> np.ndarray:
     """Rows ``lo:hi`` of the pixel store as float32 in 0..1, read READ_ROWS rows at a time.
 
     Filling the batch in slices spares a uint8 copy of the whole batch (146 MB at the seed size).
@@ -44,7 +52,7 @@ def read_scaled(pixels: RowStore, lo: int, hi: int) -> np.ndarray:
 class RowsFeed:
     """Rows committed to the pixel store so far; with a background ingest, also its progress."""
 
-    def __init__(self, store: RowStore, ingest: Background | None = None) -> None:
+    def __init__(self, store: RowReader, ingest: Background | None = None) -> None:
         self.store = store
         self.ingest = ingest
 
@@ -84,9 +92,23 @@ def load_pca(path: Path) -> StreamingPCA:
         return StreamingPCA.from_state(arrays)
 
 
+def resume_cursor(
+    record: StageRecord, out_dir: Path, *, batch: int, key: dict[str, object]
+) -> int:
+    """The row at which :func:`fit_pca` will resume: its checkpoint's cursor, if that matches
+    ``batch`` and ``key`` (reads only the checkpoint's metadata), else 0."""
+    ckpt = out_dir / "pca-checkpoint.h5"
+    if record.done or record.get("batch") != batch or not ckpt.exists():
+        return 0
+    with open_arrays(ckpt) as (_, meta):
+        if meta.get("batch") == batch and same_key(meta.get("key"), key):
+            return int(meta["cursor"])
+    return 0
+
+
 def fit_pca(
     record: StageRecord,
-    pixels: RowStore,
+    pixels: RowReader,
     feed: RowsFeed,
     *,
     out_dir: Path,
@@ -115,14 +137,11 @@ def fit_pca(
     ckpt = out_dir / "pca-checkpoint.h5"
     n = len(pixels) if feed.finished else expected_rows
     model: StreamingPCA | None = None
-    cursor = 0
-    if record.get("batch") == batch and ckpt.exists():
-        arrays, meta = load_arrays(ckpt)
-        if meta.get("batch") == batch and same_key(meta.get("key"), key):
-            model = StreamingPCA.from_state(arrays)
-            cursor = int(meta["cursor"])
-            logger.info("resuming PCA at image %d of %d", cursor, n)
-        del arrays  # from_state copied them: holding both would cost another k*d floats
+    cursor = resume_cursor(record, out_dir, batch=batch, key=key)
+    if cursor:
+        with open_arrays(ckpt) as (arrays, _):
+            model = StreamingPCA.from_state(arrays)  # read straight into the model: one copy
+        logger.info("resuming PCA at image %d of %d", cursor, n)
     if model is None:
         model = StreamingPCA(n_components, solver=solver, copy=False)
     record.update(key=key, batch=batch, done=False)
@@ -134,19 +153,30 @@ def fit_pca(
     saved_at = cursor
     yield Progress("pca", cursor, n)
     # Only the first batch must hold >= n_components rows (batch >= k and n >= k ensure it).
+    # The batch is filled READ_ROWS rows at a time as rows arrive: with --keep-pixels never the
+    # rows come through a PixelPipe that holds only a segment, not a batch.
     lo = cursor
+    d = pixels.row_size
+    x_buf: np.ndarray | None = None
     while True:
-        avail = yield from feed.wait(lo + batch)
-        if feed.finished:
-            n = avail
-            check_rows(n)
-        if lo >= avail:
+        filled = 0
+        while filled < batch:
+            avail = yield from feed.wait(lo + filled + 1)
+            if feed.finished:
+                n = avail
+                check_rows(n)
+            if avail <= lo + filled:
+                break
+            if x_buf is None:
+                x_buf = np.empty((batch, d), dtype=np.float32)
+            s1 = min(lo + batch, avail, lo + filled + READ_ROWS)
+            np.multiply(pixels.read(lo + filled, s1), PIXEL_SCALE, out=x_buf[filled : s1 - lo])
+            filled = s1 - lo
+        if filled == 0:
             break
-        hi = min(lo + batch, avail)
-        x = read_scaled(pixels, lo, hi)
-        model.partial_fit(x)
-        del x
-        cursor = lo = hi
+        assert x_buf is not None
+        model.partial_fit(x_buf[:filled])  # copy=False: centred in place, refilled next batch
+        cursor = lo = lo + filled
         if (feed.finished and cursor == n) or (
             time.perf_counter() - last_save >= checkpoint_seconds
         ):
@@ -155,6 +185,7 @@ def fit_pca(
             last_save = time.perf_counter()
             saved_at = cursor
         yield Progress("pca", cursor, n)
+    del x_buf
     if saved_at != cursor or not ckpt.exists():  # ingest ended after the last batch's fit
         save()
     evr = np.asarray(model.explained_variance_ratio_, dtype=np.float64)

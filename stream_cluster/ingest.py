@@ -25,7 +25,7 @@ from .errors import CorruptSegmentError
 from .executor import Executor, InlineExecutor, LocalExecutor
 from .scan import file_signatures
 from .stage import Progress, StageRecord
-from .store import RowStore, atomic_write_bytes
+from .store import RowSink, RowStore, atomic_write_bytes
 
 __all__ = [
     "CHUNK",
@@ -107,7 +107,7 @@ class IngestProgress:
 def ingest(
     root: Path,
     files: Sequence[str],
-    store: RowStore,
+    store: RowSink,
     *,
     width: int,
     height: int,
@@ -198,7 +198,7 @@ def run_ingest(
     record: StageRecord,
     root: Path,
     files: Sequence[str],
-    pixels: RowStore,
+    pixels: RowSink,
     *,
     width: int,
     height: int,
@@ -208,11 +208,13 @@ def run_ingest(
     prior_skipped: Sequence[tuple[str, str]] = (),
     stderr_log: Path | None = None,
     nice: int = 0,
+    on_segment: Callable[[], None] | None = None,
 ) -> Generator[Progress, None, list[tuple[str, str]]]:
     """The ingest stage: decode ``files`` (in processing order) into ``pixels``, resumably.
 
     Resumes at the record's ``next_file`` with its ``segments`` (later ones, written before a
     kill, are dropped). ``prior_skipped`` (e.g. the scan's skips) count in the progress.
+    ``on_segment()`` is called after each segment is recorded (the runner checks the disk).
     Returns every file skipped while decoding, with its reason.
     """
     skipped = [(str(a), str(b)) for a, b in record.get("skipped", [])]
@@ -242,6 +244,8 @@ def run_ingest(
             segments=prog.n_segments,
             skipped=[list(s) for s in skipped],
         )
+        if on_segment is not None:
+            on_segment()
         yield Progress(
             "ingest", prog.next_file, total, skipped=len(prior_skipped) + len(skipped)
         )

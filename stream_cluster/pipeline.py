@@ -15,12 +15,13 @@ from typing import TypeVar
 import numpy as np
 
 from . import runfolder
+from .budget import MemoryPlan
 from .checkpoint import RunLock, RunState
 from .clustering import Elbow, cluster, elbow, feature_source
 from .config import RunConfig
 from .embed import embed, feature_store
-from .errors import CorruptSegmentError
-from .fit_pca import RowsFeed, fit_pca, load_pca
+from .errors import ConfigError, CorruptSegmentError
+from .fit_pca import RowsFeed, fit_pca, load_pca, resume_cursor
 from .ingest import run_ingest, start_ingest
 from .memprofile import MemorySampler
 from .pca import StreamingPCA
@@ -28,7 +29,8 @@ from .planner import disk_need, plan, plan_folder, plan_run
 from .results import RunResult, write_run_json, write_skipped
 from .scan import files_digest, scan
 from .stage import Progress, ProgressEvent, StageRecord, in_background, run_to_end, timed
-from .store import RowStore
+from .store import RowSource, RowStore
+from .transient import PixelPipe, SourcePixels, rewind_ingest
 from .update import active_rows, compare_labels, ingest_order, previous_centers, start_update
 
 __all__ = ["STAGES", "ProgressEvent", "RunResult", "iter_run", "plan", "plan_folder", "run"]
@@ -81,6 +83,7 @@ class _Runner:
         self.config, self.out, self.sampler, self.update = config, config.out_dir, sampler, update
         self.state = RunState(self.out / "state.json")
         self.skipped = 0
+        self.model: StreamingPCA | None = None  # the fitted PCA, until the embed is done
 
     def record(self, stage: str) -> StageRecord:
         return StageRecord(self.state, stage)
@@ -120,6 +123,12 @@ class _Runner:
 
     def run(self) -> Generator[ProgressEvent, None, RunResult]:
         cfg, out = self.config, self.out
+        never = cfg.keep_pixels == "never"
+        if never and self.update:
+            raise ConfigError(
+                "--update grows a run from its pixel store; this run keeps none "
+                "(--keep-pixels never). Rerun with --fresh, or start it with --keep-pixels always."
+            )
         runfolder.check_settings(self.state, cfg)
         self.sampler.stage = "scan"
         t0 = time.perf_counter()
@@ -135,8 +144,9 @@ class _Runner:
             logger.warning("the PCA batch no longer fits the budget; the PCA restarts")
             self.state.reset(list(STAGES[2:]))
             (out / "pca-checkpoint.h5").unlink(missing_ok=True)
-        runfolder.check_disk(out, disk_need(out, cfg, len(files), self.record("pca").done))
         ingest_rec = self.record("ingest")
+        runfolder.check_disk(out, disk_need(out, cfg, len(files), self.record("pca").done,
+                                            int(ingest_rec.get("next_file", 0)), recheck=True))
         start_ingest(ingest_rec, out, found.root, files, digest, cfg.stage_key("ingest"))
         scan_skipped = [(str(a), str(b)) for a, b in found.skipped]
         self._leave("scan", t0)
@@ -145,9 +155,26 @@ class _Runner:
                             cfg.mem_budget, len(scan_skipped), what)  # fmt: skip
 
         # -- ingest and PCA (overlapped when the plan holds both) ---------------------------
-        pixels = RowStore(out / "pixels", cfg.n_features, np.uint8, cfg.store_compression)
+        pixels: RowStore | PixelPipe
         ordered = ingest_order(out, files)
+        if never:  # rows go from the decoders to the PCA in memory; only names are kept
+            pixels = PixelPipe(out / "names", cfg.n_features, capacity=mem_plan.segment_rows)
+            pca_at = resume_cursor(self.record("pca"), out, batch=mem_plan.pca_batch,
+                                   key=cfg.stage_key("pca"))  # fmt: skip
+            if not self.record("pca").done:
+                rewind_ingest(pixels, ingest_rec, pca_at, ordered)
+        else:
+            pixels = RowStore(out / "pixels", cfg.n_features, np.uint8, cfg.store_compression)
         decoded: list[tuple[str, str]] = []
+
+        recheck = not never and len(pixels) == 0  # a compressed store's ratio is known
+
+        def check_disk_again() -> None:  # once the first segment shows the codec's ratio
+            nonlocal recheck
+            if recheck:
+                recheck = False
+                need = disk_need(out, cfg, len(files), False, int(ingest_rec.get("next_file")))
+                runfolder.check_disk(out, need)
 
         def ingest_stage(nice: int) -> Generator[Progress, None, list[tuple[str, str]]]:
             nonlocal decoded
@@ -155,7 +182,7 @@ class _Runner:
                 ingest_rec, found.root, ordered, pixels, width=cfg.width, height=cfg.height,
                 workers=mem_plan.workers, segment_rows=mem_plan.segment_rows,
                 memory_cap=mem_plan.decode_cap, prior_skipped=scan_skipped,
-                stderr_log=out / "decode.log", nice=nice,
+                stderr_log=out / "decode.log", nice=nice, on_segment=check_disk_again,
             )  # fmt: skip
             write_skipped(out, [*scan_skipped, *decoded])
             return decoded
@@ -177,7 +204,11 @@ class _Runner:
             t0 = time.perf_counter()
 
             with in_background(timed(ingest_rec, ingest_stage(BACKGROUND_NICE))) as bg:
-                model = yield from self.stage("pca", pca_stage(RowsFeed(pixels, bg)), False)
+                try:
+                    model = yield from self.stage("pca", pca_stage(RowsFeed(pixels, bg)), False)
+                finally:
+                    if isinstance(pixels, PixelPipe):
+                        pixels.close()  # a decoder waiting on the pipe stops
             self._leave("ingest+pca", t0)
         else:
             yield from self.stage("ingest", ingest_stage(0))
@@ -189,15 +220,39 @@ class _Runner:
         # -- embed, elbow, cluster ------------------------------------------------------------
         all_names = pixels.names()  # read once: embed, labels and the report use them
         rows = active_rows(all_names, files)  # after updates: each current file's row
+        source: RowSource = pixels if isinstance(pixels, RowStore) else SourcePixels(
+            found.root, all_names, cfg.width, cfg.height, workers=mem_plan.workers,
+            memory_cap=mem_plan.decode_cap, stderr_log=out / "decode.log",
+        )  # fmt: skip
+        self.model, model = model, None  # _finish drops it after the embed
+        try:
+            return (yield from self._finish(source, all_names, rows, mem_plan,
+                                            [*scan_skipped, *decoded]))  # fmt: skip
+        finally:
+            if isinstance(source, SourcePixels):
+                source.close()
+
+    def _finish(
+        self,
+        pixels: RowSource,
+        all_names: list[bytes],
+        rows: np.ndarray,
+        mem_plan: MemoryPlan,
+        skipped: list[tuple[str, str]],
+    ) -> Generator[ProgressEvent, None, RunResult]:
+        """Embed, elbow, cluster and report, from the pixel rows ``pixels``."""
+        cfg, out = self.config, self.out
         pca_rec = self.record("pca")
         n_keep = int(pca_rec.get("n_keep"))
         features = yield from self.stage(
             "embed",
             embed(self.record("embed"), pixels, feature_store(out, n_keep),
-                  lambda: model or load_pca(out / "pca.h5"), pca_key=pca_rec.get("key"),
+                  lambda: self.model or load_pca(out / "pca.h5"), pca_key=pca_rec.get("key"),
                   batch=mem_plan.embed_batch, rows=rows),
         )  # fmt: skip
-        model = None
+        self.model = None
+        if isinstance(pixels, SourcePixels):
+            pixels.close()  # no decode workers beside k-means
         self.sampler.stage = "elbow"
         source = feature_source(features, mem_plan)
         curve: Elbow = yield from self.stage(
@@ -221,7 +276,6 @@ class _Runner:
         # -- results: labels, model, report, run.json -----------------------------------------
         names = [os.fsdecode(all_names[i]) for i in rows]
         compare_labels(out, self.state, names, km)
-        skipped = [*scan_skipped, *decoded]
         from .report import report_stage  # imports matplotlib: only now
 
         sizes = yield from self.stage(

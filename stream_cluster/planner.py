@@ -9,11 +9,14 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .budget import MemoryPlan, plan_memory
+import numpy as np
+
+from .budget import MAX_SEGMENT_ROWS, MemoryPlan, plan_memory
 from .config import RunConfig
 from .decode_memory import DECODE_MEMORY_CAP, decode_cost_bound
 from .errors import BudgetError
 from .stage import StageRecord
+from .store import resolve_compression
 
 __all__ = ["disk_need", "plan", "plan_folder", "plan_run"]
 
@@ -44,6 +47,7 @@ def plan(
         # k-means loads the feature store for each exact fit instead of holding it: the same
         # float64 values, 4 n d bytes less through the elbow sweep and the cluster stage.
         kmeans_from_store=True,
+        keep_pixels=config.keep_pixels,
     )
 
 
@@ -77,16 +81,46 @@ def plan_folder(
         raise
 
 
-def disk_need(out_dir: Path, config: RunConfig, n_files: int, pca_done: bool) -> int:
-    """Bytes the run folder still needs: pixels not yet stored, PCA files, model.h5, features."""
+#: Later images may compress worse than the ones stored so far: their estimate is this much
+#: larger than the ratio measured on the store.
+COMPRESSION_MARGIN = 1.5
+
+
+def disk_need(
+    out_dir: Path,
+    config: RunConfig,
+    n_files: int,
+    pca_done: bool,
+    files_done: int = 0,
+    *,
+    recheck: bool = False,
+) -> int:
+    """Bytes the run folder still needs: pixels not yet stored, PCA files, model.h5, features.
+
+    ``files_done`` is how many files the ingest has handled. Without compression the pixels
+    left count at their raw size. A compressed store's pixels left count at the ratio measured
+    on what it holds (times :data:`COMPRESSION_MARGIN`); before it holds anything, they count
+    at raw size, or with ``recheck`` (the caller checks again once the first segment is
+    written) only the first segment does. With ``--keep-pixels never`` only the names count
+    (~1 KB an image).
+    """
+    d = config.n_features
     done = 0
     if (out_dir / "pixels").exists():
         done = sum(p.stat().st_size for p in (out_dir / "pixels").glob("seg-*.h5"))
-    pixels = max(0, n_files * config.n_features - done)
-    components = config.n_components * config.n_features * 4
+    left = max(0, n_files - files_done)
+    if config.keep_pixels == "never":
+        pixels = n_files * 1024
+    elif resolve_compression(config.store_compression, np.uint8) == "none":
+        pixels = max(0, n_files * d - done)
+    elif files_done and done:
+        pixels = int(left * d * min(1.0, COMPRESSION_MARGIN * done / (files_done * d)))
+    else:
+        pixels = (min(left, MAX_SEGMENT_ROWS) if recheck else left) * d
+    components = config.n_components * d * 4
     model = 0 if pca_done else 2 * components  # pca-checkpoint.h5 beside its .partial
     if not (out_dir / "model.h5").exists():
-        model += components + 3 * config.n_features * 8
+        model += components + 3 * d * 8
     features = n_files * config.n_components * 4
     return int(pixels + model + features + 16 * 2**20)
 

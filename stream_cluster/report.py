@@ -46,7 +46,7 @@ from .plots import (
 )
 from .results import write_labels, write_skipped
 from .stage import Progress
-from .store import RowsOf, RowStore
+from .store import RowsOf, RowSource, RowStore
 from .thumbs import ClusterOrder, cluster_order, write_mean_images, write_thumbnails
 
 __all__ = [
@@ -117,7 +117,7 @@ def _plots(out_dir: Path, info: ReportInputs, sizes: Sequence[int],
     return images
 
 
-def _montages(out_dir: Path, pixels: RowStore, names: Sequence[str], order: ClusterOrder,
+def _montages(out_dir: Path, pixels: RowSource, names: Sequence[str], order: ClusterOrder,
               info: ReportInputs) -> Generator[int, None, None]:
     """One montage PNG per cluster of its nearest images (one montage's rows at a time)."""
     (out_dir / "montages").mkdir(exist_ok=True)
@@ -154,7 +154,7 @@ def _cluster_rows(names: Sequence[str], order: ClusterOrder, k: int,
 
 def write_report(
     out_dir: Path,
-    pixels: RowStore,
+    pixels: RowSource,
     names: Sequence[str],
     km: KMeansResult,
     skipped: Sequence[tuple[str, str]],
@@ -173,7 +173,7 @@ def write_report(
     """
     k = len(km.centers)
     if rows is not None:  # after an update: feature row i is pixel-store row rows[i]
-        pixels = RowsOf(pixels, rows)  # type: ignore[assignment]
+        pixels = RowsOf(pixels, rows)
     n = len(names)
     order = cluster_order(km.labels, km.sq_distances, k)
     distances = np.sqrt(np.maximum(km.sq_distances, 0.0))
@@ -256,7 +256,7 @@ def report_summary(
 def report_stage(
     out_dir: Path,
     config: RunConfig,
-    pixels: RowStore,
+    pixels: RowSource,
     names: Sequence[str],
     km: KMeansResult,
     skipped: Sequence[tuple[str, str]],

@@ -86,6 +86,12 @@ class StageRecord:
         self.state.reset([self.name])
 
 
+#: Settings added to a stage's key after run folders were written without them, with the value
+#: those folders used: an older folder still matches the default.
+LATER_KEYS: dict[str, Any] = {"keep_pixels": "always"}
+_MISSING = object()
+
+
 def same_key(recorded: Any, current: dict[str, Any]) -> bool:
     """Whether a recorded settings key matches ``current`` on every setting ``current`` names.
 
@@ -94,7 +100,7 @@ def same_key(recorded: Any, current: dict[str, Any]) -> bool:
     """
     if not isinstance(recorded, dict):
         return False
-    return all(k in recorded and recorded[k] == v for k, v in current.items())
+    return all(recorded.get(k, LATER_KEYS.get(k, _MISSING)) == v for k, v in current.items())
 
 
 class Background:

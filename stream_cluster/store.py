@@ -22,6 +22,7 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import h5py
 import numpy as np
@@ -29,6 +30,9 @@ import numpy as np
 from .errors import CorruptSegmentError, DiskFullError, StoreError
 
 __all__ = [
+    "RowReader",
+    "RowSink",
+    "RowSource",
     "AUTO_UINT8",
     "CHUNK_BYTES",
     "COMPRESSIONS",
@@ -447,6 +451,43 @@ class RowStore:
             self._segments = self._segments[:n_segments]
 
 
+class RowReader(Protocol):
+    """Rows the PCA reads in order: a RowStore, or the pipe of ``--keep-pixels never``."""
+
+    row_size: int
+    dtype: np.dtype
+
+    def __len__(self) -> int: ...
+
+    def read(self, start: int, stop: int, out: np.ndarray | None = None) -> np.ndarray: ...
+
+
+class RowSink(Protocol):
+    """Where the ingest writes segments: a RowStore, or the pipe of ``--keep-pixels never``."""
+
+    def __len__(self) -> int: ...
+
+    @property
+    def n_segments(self) -> int: ...
+
+    def append(self, rows: np.ndarray, names: Sequence[bytes]) -> None: ...
+
+    def truncate_segments(self, n_segments: int) -> None: ...
+
+
+class RowSource(RowReader, Protocol):
+    """Rows the embed stage and the report read: a RowStore, a view of one (:class:`RowsOf`),
+    or images decoded again (``transient.SourcePixels``)."""
+
+    def read_rows(self, indices: Sequence[int]) -> np.ndarray: ...
+
+    def iter_batches(
+        self, batch_size: int, start: int = 0
+    ) -> Iterator[tuple[int, np.ndarray]]: ...
+
+    def names(self) -> list[bytes]: ...
+
+
 class RowsOf:
     """A read-only view of some rows of a RowStore (ascending indices), read as if contiguous.
 
@@ -454,7 +495,7 @@ class RowsOf:
     reads them through this view. Consecutive rows are read together.
     """
 
-    def __init__(self, store: RowStore, rows: np.ndarray) -> None:
+    def __init__(self, store: RowSource, rows: np.ndarray) -> None:
         self.store = store
         self.rows = np.asarray(rows, dtype=np.int64)
         self.row_size = store.row_size
@@ -474,6 +515,11 @@ class RowsOf:
                 lo = int(idx[run[0]])
                 self.store.read(lo, lo + len(run), out=out[run[0] : run[-1] + 1])
         return out[: len(idx)]
+
+    def names(self) -> list[bytes]:
+        """Names of the view's rows."""
+        names = self.store.names()
+        return [names[i] for i in self.rows]
 
     def read_rows(self, indices: Sequence[int]) -> np.ndarray:
         """View rows at arbitrary positions, in the order given."""

@@ -19,7 +19,7 @@ import cv2
 import numpy as np
 
 from .errors import StoreError
-from .store import RowStore
+from .store import RowSource
 
 __all__ = ["ClusterOrder", "ThumbSize", "cluster_order", "thumb_size", "write_mean_images",
            "write_thumbnails"]
@@ -110,7 +110,7 @@ def _encode(img: np.ndarray, ext: str, params: list[int], what: str) -> bytes:
 
 def write_thumbnails(
     out_dir: Path,
-    pixels: RowStore,
+    pixels: RowSource,
     labels: np.ndarray,
     rank: np.ndarray,
     *,

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import cv2
+import numpy as np
 import pytest
 
 from stream_cluster._cli import main
@@ -260,3 +262,34 @@ def test_small_h5_write_into_full_disk_fails_cleanly(what: str, leave: int,
                            env=cli_env(), capture_output=True, text=True, timeout=120)  # fmt: skip
     assert r.returncode == 0, f"exit {r.returncode}: {r.stdout} {r.stderr[-300:]}"
     assert r.stdout.split() in (["written", "intact"], ["DiskFullError", "none"]), r.stdout
+
+
+def test_compressed_store_checks_the_disk_again_after_its_first_segment(tmp_path: Path) -> None:
+    """A compressed store's size is unknown until it holds a segment: the run starts with only
+    the first segment counted, then measures the codec's ratio and stops, naming what it needs,
+    if the rest cannot fit (incompressible images here). The segment written is kept and the
+    run, given the space, finishes."""
+    images = tmp_path / "images"
+    rng = np.random.default_rng(0)
+    for i in range(1200):  # noise: the codec cannot shrink it
+        path = images / f"{i % 4}" / f"n{i:03d}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(path), rng.integers(0, 256, (256, 256), dtype=np.uint8))
+    args = ["--size", "256x256", "--components", "8", "--batch-size", "48", "--k", "2",
+            "--workers", "0", "--no-progress", "--mem-budget", "2G"]  # fmt: skip
+    size = 56 * 2**20  # 16 MiB, PCA files and a 512-image segment fit; 1,200 raw images do not
+    with tmpfs(tmp_path / "disk", size) as disk:
+        out = disk / "run"
+        r = subprocess.run(cli(images, out, args), env=cli_env(), capture_output=True, text=True,
+                           timeout=300)  # fmt: skip
+        assert r.returncode == 2, r.stderr
+        m = re.search(r"has ([\d.]+ \w+) free but this run needs about ([\d.]+ \w+)", r.stderr)
+        assert m is not None and "Traceback" not in r.stderr, r.stderr
+        ingest = read_state(out)["ingest"]
+        assert ingest["segments"] >= 1 and not ingest.get("done")  # kept, not decoded again
+        need, free = parse_size(m.group(2)), parse_size(m.group(1))
+        remount(disk, size + need - free + 2**20)
+        r = subprocess.run(cli(images, out, args), env=cli_env(), capture_output=True, text=True,
+                           timeout=300)  # fmt: skip
+        assert r.returncode == 0, r.stderr
+        assert len((out / "labels.csv").read_text().splitlines()) == 1201
