@@ -157,7 +157,9 @@ class DaskExecutor:
 
     A shard that raised propagates its exception (a bug). A shard whose worker died more than
     ``distributed.scheduler.allowed-failures`` times (Dask reruns it on another worker after each
-    death, so ``fn`` must be idempotent) is reported as :class:`WorkerDied`.
+    death, so ``fn`` must be idempotent) runs once more by itself, and is reported as
+    :class:`WorkerDied` if it dies again: a shard that only shared a worker with the killing one
+    is not blamed.
 
     Memory: on the client, at most ``max_in_flight`` results waiting to be consumed; shards
     may hold futures (e.g. a model scattered once), which Dask resolves on the worker.
@@ -211,8 +213,7 @@ class DaskExecutor:
                     exc = fut.exception()
                     if not isinstance(exc, KilledWorker):
                         fut.result()  # raises the task's exception with its traceback
-                    died = WorkerDied(f"the Dask worker running it died ({exc})"[:300])
-                    result: ShardResult[S, R] = ShardResult(index, shard, None, died)
+                    result: ShardResult[S, R] = self._alone(fn, index, shard)
                 else:
                     result = ShardResult(index, shard, fut.result())
                 fut.release()
@@ -221,6 +222,20 @@ class DaskExecutor:
         finally:
             if pending:
                 self.client.cancel(list(pending))
+
+    def _alone(self, fn: Callable[[S], R], index: int, shard: S) -> ShardResult[S, R]:
+        """Run a shard Dask gave up on once more, by itself: a shard that only shared a worker
+        with the one that killed it then succeeds; one that dies again is reported."""
+        from distributed.scheduler import KilledWorker
+
+        fut = self.client.submit(fn, shard, pure=False)
+        try:
+            return ShardResult(index, shard, fut.result())
+        except KilledWorker as exc:
+            died = WorkerDied(f"the Dask worker running it died ({exc})"[:300])
+            return ShardResult(index, shard, None, died)
+        finally:
+            fut.release()
 
     def close(self) -> None:
         """Nothing to release: the client belongs to the caller."""

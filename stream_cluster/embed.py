@@ -6,7 +6,7 @@ after the last durable segment. Features made with another PCA (its settings key
 
 from __future__ import annotations
 
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -33,11 +33,13 @@ def embed(
     pca_key: object,
     batch: int,
     rows: np.ndarray | None = None,
+    names: Sequence[bytes] | None = None,
 ) -> Generator[Progress, None, RowStore]:
     """The embed stage: ``features`` gets the first ``features.row_size`` components of each row.
 
     ``rows`` (ascending pixel-store rows; default all) are the images still in the folder
-    after a run grew. ``model`` is called only if there is work left, so a finished stage never
+    after a run grew; ``names`` are the pixel rows' names if the caller has them read already.
+    ``model`` is called only if there is work left, so a finished stage never
     loads the PCA.
 
     Memory: the model's components, one uint8 batch, ``transform``'s float32 column block and
@@ -53,7 +55,7 @@ def embed(
     features.truncate_segments(int(record.get("segments", 0)))
     pca = model()
     n_keep = features.row_size
-    names = pixels.names()
+    names = pixels.names() if names is None else names
     view = RowsOf(pixels, rows)  # consecutive rows are read together
     yield Progress("embed", len(features), n)
     for lo in range(len(features), n, batch):

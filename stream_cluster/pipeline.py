@@ -248,7 +248,7 @@ class _Runner:
             "embed",
             embed(self.record("embed"), pixels, feature_store(out, n_keep),
                   lambda: self.model or load_pca(out / "pca.h5"), pca_key=pca_rec.get("key"),
-                  batch=mem_plan.embed_batch, rows=rows),
+                  batch=mem_plan.embed_batch, rows=rows, names=all_names),
         )  # fmt: skip
         self.model = None
         if isinstance(pixels, SourcePixels):

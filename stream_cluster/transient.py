@@ -108,7 +108,8 @@ class PixelPipe:
                 (self.directory / _SEG_FMT.format(i)).unlink(missing_ok=True)
             self._sizes = self._sizes[:n_segments]
             self._queue.clear()
-            self._head = min(self._head, len(self))
+            # The head stays: rows re-appended before it are dropped as they arrive, so the
+            # queue only ever holds rows the reader takes next (no wait on both sides).
 
     def append(self, rows: np.ndarray, names: Sequence[bytes]) -> None:
         """Commit ``names`` as a new segment and queue ``rows`` (copied) for the reader."""

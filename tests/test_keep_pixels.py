@@ -237,6 +237,24 @@ def test_pipe_start_at_drops_rows_a_resumed_pca_has(tmp_path: Path) -> None:
     assert pipe.read(6, 8)[:, 0].tolist() == [6, 7]
 
 
+def test_pipe_resumed_inside_a_segment_never_waits_on_rows_it_drops(tmp_path: Path) -> None:
+    """A resumed PCA continues inside the segment the ingest decodes again, whose new segments
+    may be shorter than the old: the rows before the PCA's cursor are dropped as they arrive,
+    so a full queue never holds rows the reader will not take."""
+    pipe = PixelPipe(tmp_path / "names", 4, capacity=4)
+    pipe.append(_rows(0, 4), [b"a"] * 4)
+    pipe.append(_rows(4, 4), [b"b"] * 4)
+    pipe.truncate_segments(1)  # rows 4..7 were in memory only
+    pipe.start_at(7)  # the PCA had fitted rows up to 7
+    pipe.truncate_segments(1)  # the ingest's own truncation on start
+    pipe.append(_rows(4, 2), [b"c"] * 2)  # shorter segments this time: all dropped
+    t = threading.Thread(target=pipe.append, args=(_rows(6, 4), [b"d"] * 4))
+    t.start()
+    t.join(2.0)
+    assert not t.is_alive()
+    assert pipe.read(7, 10)[:, 0].tolist() == [7, 8, 9]
+
+
 def test_source_pixels_read_like_a_store(tmp_path: Path) -> None:
     images = tmp_path / "images"
     make_shapes_corpus(images, n=30, size=(24, 24))
