@@ -268,3 +268,21 @@ def test_source_pixels_read_like_a_store(tmp_path: Path) -> None:
         np.testing.assert_array_equal(got, want)
         np.testing.assert_array_equal(src.read_rows([5, 1, 29]), want[[5, 1, 29]])
         np.testing.assert_array_equal(src.read(10, 13), want[10:13])
+
+
+def test_similar_montage_without_a_store(tmp_path: Path) -> None:
+    """``similar --montage`` on a run without a pixel store decodes its images from the input
+    folder: the montage equals the one drawn from a stored run."""
+    from stream_cluster._cli import main
+
+    images = tmp_path / "images"
+    make_shapes_corpus(images, n=60, size=(24, 24), seed=4)
+    target = sorted(images.rglob("*.png"))[3]
+    pngs = []
+    for mode in ("always", "never"):
+        out = tmp_path / mode
+        run(_config(images, out, keep_pixels=mode, workers=0))
+        png = tmp_path / f"{mode}.png"
+        assert main(["similar", str(out), str(target), "-n", "5", "--montage", str(png)]) == 0
+        pngs.append(png.read_bytes())
+    assert pngs[0] == pngs[1]
