@@ -205,7 +205,7 @@ def test_pipe_append_waits_for_the_reader_and_close_releases_it(tmp_path: Path) 
         pipe.append(_rows(4, 4), [b"y"] * 4)
         done.set()
 
-    t = threading.Thread(target=writer)
+    t = threading.Thread(target=writer, daemon=True)
     t.start()
     assert not done.wait(0.3)  # the queue is full
     pipe.read(0, 2)
@@ -221,7 +221,7 @@ def test_pipe_append_waits_for_the_reader_and_close_releases_it(tmp_path: Path) 
         except StoreError as exc:
             errors.append(exc)
 
-    t = threading.Thread(target=blocked)
+    t = threading.Thread(target=blocked, daemon=True)
     t.start()
     time.sleep(0.1)
     pipe.close()
@@ -243,12 +243,13 @@ def test_pipe_resumed_inside_a_segment_never_waits_on_rows_it_drops(tmp_path: Pa
     so a full queue never holds rows the reader will not take."""
     pipe = PixelPipe(tmp_path / "names", 4, capacity=4)
     pipe.append(_rows(0, 4), [b"a"] * 4)
+    assert pipe.read(0, 4)[:, 0].tolist() == [0, 1, 2, 3]
     pipe.append(_rows(4, 4), [b"b"] * 4)
-    pipe.truncate_segments(1)  # rows 4..7 were in memory only
+    pipe.truncate_segments(1)  # a kill: rows 4..7 were in memory only
     pipe.start_at(7)  # the PCA had fitted rows up to 7
     pipe.truncate_segments(1)  # the ingest's own truncation on start
     pipe.append(_rows(4, 2), [b"c"] * 2)  # shorter segments this time: all dropped
-    t = threading.Thread(target=pipe.append, args=(_rows(6, 4), [b"d"] * 4))
+    t = threading.Thread(target=pipe.append, args=(_rows(6, 4), [b"d"] * 4), daemon=True)
     t.start()
     t.join(2.0)
     assert not t.is_alive()
