@@ -240,3 +240,28 @@ def test_pca_update_benchmark_runs_on_a_run_folder(corpus: Path, tmp_path: Path)
     assert got["features"] == 32 * 24 and len(got["streaming_pca_s"]) == 3
     assert got["sklearn_s"] > 0 and got["gemm_bound_s"] > 0
     assert got["gram_update_flops"] == 768 * (10 * 10 + 4 * 5 * 10 + 2 * 5 * 5)
+
+
+def test_scale_runs_records_each_size(tmp_path: Path) -> None:
+    """benchmarks.scale_runs: prefixes as hard links, one CLI run per size, records from the
+    runs' own files, and a table made from them."""
+    import json
+
+    from benchmarks.scale_runs import main as scale_main
+    from benchmarks.scale_runs import prefix_folder
+
+    from .conftest import make_shapes_corpus
+
+    src = tmp_path / "src"
+    make_shapes_corpus(src, n=40, size=(24, 24))
+    out = tmp_path / "out"
+    assert scale_main([str(src), str(out), "--sizes", "30,40", "--", "--size", "24x24",
+                       "--components", "8", "--k", "3", "--workers", "0"]) == 0  # fmt: skip
+    recs = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()]
+    assert [r["n"] for r in recs] == [30, 40] and all(r["rc"] == 0 for r in recs)
+    assert [r["n_images"] for r in recs] == [30, 40]
+    assert all(r["peak_rss"] > 0 and "embed" in r["stages"] and r["disk"]["pixels"] > 0
+               for r in recs)  # fmt: skip
+    first = sorted((out / "corpus-30").rglob("*.png"))[0]
+    assert first.stat().st_nlink >= 2  # a hard link, not a copy
+    assert prefix_folder(src, out, 30) == out / "corpus-30"

@@ -107,7 +107,12 @@ def test_ctrl_c_stops_quickly_and_says_how_to_resume(corpus: Path, reference: tu
     out = tmp_path / "run"
     proc = subprocess.Popen(_cmd(corpus, out), env=_env(), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
-    time.sleep(min(2.0, reference[1] / 2))
+    # Interrupt a running run, not the interpreter importing its libraries (seconds on a
+    # loaded machine, and not the run's to shorten): wait for its first stage's record.
+    deadline = time.perf_counter() + 60
+    while proc.poll() is None and _state_stage(out) == "none" and time.perf_counter() < deadline:
+        time.sleep(0.02)
+    time.sleep(0.3)
     if proc.poll() is None:
         t0 = time.perf_counter()
         proc.send_signal(signal.SIGINT)
