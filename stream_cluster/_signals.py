@@ -66,6 +66,7 @@ class _StopOnSignals:
         self._stopping: list[int] = []
         self._redeliver = False
         self._done = threading.Event()
+        self._quiet = False
         self._previous: dict[int, Any] = {}
         self._pipe: tuple[int, int] | None = None
         self._old_wakeup = -1
@@ -111,7 +112,8 @@ class _StopOnSignals:
             os.close(read_fd)
         if self._done.is_set():
             return
-        _say(_stopped_message(signum, self.where))
+        if not self._quiet:  # the run has said it stopped
+            _say(_stopped_message(signum, self.where))
         os._exit(128 + signum)
 
     def __enter__(self) -> _StopOnSignals:
@@ -130,6 +132,12 @@ class _StopOnSignals:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        if self._stopping and self._pipe is not None:
+            # A stop is under way: the deadline also covers the rest of the exit (worker pools
+            # joined at interpreter shutdown, which can take seconds when the stop came while a
+            # pool was starting), so the process ends within GRACE_SECONDS of the signal.
+            self._quiet = True
+            return
         self._done.set()
         if self._pipe is None:
             return

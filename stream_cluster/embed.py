@@ -13,8 +13,9 @@ import numpy as np
 
 from .fit_pca import PIXEL_SCALE
 from .pca import StreamingPCA
+from .rows import RowSource
 from .stage import Progress, StageRecord
-from .store import RowsOf, RowSource, RowStore
+from .store import RowsOf, RowStore
 
 __all__ = ["embed", "feature_store"]
 

@@ -18,8 +18,8 @@ import numpy as np
 from .budget import READ_ROWS
 from .checkpoint import open_arrays, save_arrays
 from .pca import StreamingPCA
+from .rows import RowReader
 from .stage import Background, Progress, StageRecord, same_key
-from .store import RowReader
 
 __all__ = [
     "PIXEL_SCALE",

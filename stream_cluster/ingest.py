@@ -23,9 +23,10 @@ import numpy as np
 from .decode import DECODE_MEMORY_CAP, DecodeChunk, DecodeTask, decode_many
 from .errors import CorruptSegmentError
 from .executor import Executor, InlineExecutor, LocalExecutor
+from .rows import RowSink
 from .scan import file_signatures
 from .stage import Progress, StageRecord
-from .store import RowSink, RowStore, atomic_write_bytes
+from .store import RowStore, atomic_write_bytes
 
 __all__ = [
     "CHUNK",

@@ -27,9 +27,10 @@ from .memprofile import MemorySampler
 from .pca import StreamingPCA
 from .planner import disk_need, plan, plan_folder, plan_run
 from .results import RunResult, write_run_json, write_skipped
+from .rows import RowSource
 from .scan import files_digest, scan
 from .stage import Progress, ProgressEvent, StageRecord, in_background, run_to_end, timed
-from .store import RowSource, RowStore
+from .store import RowStore
 from .transient import PixelPipe, SourcePixels, rewind_ingest
 from .update import active_rows, compare_labels, ingest_order, previous_centers, start_update
 

@@ -45,8 +45,9 @@ from .plots import (
     plot_variance,
 )
 from .results import write_labels, write_skipped
+from .rows import RowSource
 from .stage import Progress
-from .store import RowsOf, RowSource, RowStore
+from .store import RowsOf, RowStore
 from .thumbs import ClusterOrder, cluster_order, write_mean_images, write_thumbnails
 
 __all__ = [

@@ -22,17 +22,14 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
 
 import h5py
 import numpy as np
 
 from .errors import CorruptSegmentError, DiskFullError, StoreError
+from .rows import RowSource
 
 __all__ = [
-    "RowReader",
-    "RowSink",
-    "RowSource",
     "AUTO_UINT8",
     "CHUNK_BYTES",
     "COMPRESSIONS",
@@ -449,43 +446,6 @@ class RowStore:
             for seg in self._segments[n_segments:]:
                 seg.path.unlink(missing_ok=True)
             self._segments = self._segments[:n_segments]
-
-
-class RowReader(Protocol):
-    """Rows the PCA reads in order: a RowStore, or the pipe of ``--keep-pixels never``."""
-
-    row_size: int
-    dtype: np.dtype
-
-    def __len__(self) -> int: ...
-
-    def read(self, start: int, stop: int, out: np.ndarray | None = None) -> np.ndarray: ...
-
-
-class RowSink(Protocol):
-    """Where the ingest writes segments: a RowStore, or the pipe of ``--keep-pixels never``."""
-
-    def __len__(self) -> int: ...
-
-    @property
-    def n_segments(self) -> int: ...
-
-    def append(self, rows: np.ndarray, names: Sequence[bytes]) -> None: ...
-
-    def truncate_segments(self, n_segments: int) -> None: ...
-
-
-class RowSource(RowReader, Protocol):
-    """Rows the embed stage and the report read: a RowStore, a view of one (:class:`RowsOf`),
-    or images decoded again (``transient.SourcePixels``)."""
-
-    def read_rows(self, indices: Sequence[int]) -> np.ndarray: ...
-
-    def iter_batches(
-        self, batch_size: int, start: int = 0
-    ) -> Iterator[tuple[int, np.ndarray]]: ...
-
-    def names(self) -> list[bytes]: ...
 
 
 class RowsOf:

@@ -19,7 +19,7 @@ import cv2
 import numpy as np
 
 from .errors import StoreError
-from .store import RowSource
+from .rows import RowSource
 
 __all__ = ["ClusterOrder", "ThumbSize", "cluster_order", "thumb_size", "write_mean_images",
            "write_thumbnails"]
