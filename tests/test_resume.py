@@ -101,29 +101,48 @@ def test_kill9_loop_resumes_to_identical_labels(corpus: Path, reference: tuple[b
     assert len(stages_hit) >= 5, stages_hit
 
 
-def test_ctrl_c_stops_quickly_and_says_how_to_resume(corpus: Path, reference: tuple[bytes, float],
-                                                     tmp_path: Path) -> None:
-    """Check that SIGINT stops within two seconds with a resume hint, and a rerun finishes."""
+@pytest.fixture(scope="module")
+def long_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Enough images that a run interrupted in its PCA has seconds of work left."""
+    root = tmp_path_factory.mktemp("long") / "images"
+    make_shapes_corpus(root, n=1200, size=(24, 24), seed=4)
+    return root
+
+
+def _pca_cursor(out: Path) -> int:
+    import json
+
+    try:
+        return int(json.loads((out / "state.json").read_text())["stages"]["pca"]["cursor"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0
+
+
+def test_ctrl_c_stops_quickly_and_says_how_to_resume(long_corpus: Path, tmp_path: Path) -> None:
+    """Check that SIGINT stops a running run within two seconds with a resume hint, and that
+    the rerun ends with the labels of an uninterrupted run."""
+    ref = tmp_path / "ref"
+    subprocess.run(_cmd(long_corpus, ref), env=_env(), check=True, capture_output=True,
+                   timeout=300)  # fmt: skip
     out = tmp_path / "run"
-    proc = subprocess.Popen(_cmd(corpus, out), env=_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    # Interrupt a running run, not the interpreter importing its libraries (seconds on a
-    # loaded machine, and not the run's to shorten): wait for its first stage's record.
-    deadline = time.perf_counter() + 60
-    while proc.poll() is None and _state_stage(out) == "none" and time.perf_counter() < deadline:
-        time.sleep(0.02)
-    time.sleep(0.3)
-    if proc.poll() is None:
-        t0 = time.perf_counter()
-        proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=30)
-        assert time.perf_counter() - t0 < 2.5
-        assert proc.returncode == 130, err
-        assert "rerun the same command to resume" in err
-        assert "Traceback" not in err
-    final = subprocess.run(_cmd(corpus, out), env=_env(), capture_output=True, timeout=300)
+    proc = subprocess.Popen(_cmd(long_corpus, out), env=_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    # Interrupt the run inside its PCA (not the interpreter importing its libraries, nor a run
+    # about to end): its cursor is recorded after every batch here.
+    deadline = time.perf_counter() + 120
+    while proc.poll() is None and _pca_cursor(out) < 96 and time.perf_counter() < deadline:
+        time.sleep(0.01)
+    assert proc.poll() is None, "the run ended before it could be interrupted"
+    t0 = time.perf_counter()
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    assert time.perf_counter() - t0 < 2.5
+    assert proc.returncode == 130, err
+    assert "rerun the same command to resume" in err
+    assert "Traceback" not in err
+    final = subprocess.run(_cmd(long_corpus, out), env=_env(), capture_output=True, timeout=300)
     assert final.returncode == 0
-    assert (out / "labels.csv").read_bytes() == reference[0]
+    assert (out / "labels.csv").read_bytes() == (ref / "labels.csv").read_bytes()
 
 
 def test_second_run_on_same_folder_refused(corpus: Path, tmp_path: Path) -> None:
