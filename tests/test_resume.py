@@ -125,8 +125,14 @@ def test_ctrl_c_stops_quickly_and_says_how_to_resume(long_corpus: Path, tmp_path
     subprocess.run(_cmd(long_corpus, ref), env=_env(), check=True, capture_output=True,
                    timeout=300)  # fmt: skip
     out = tmp_path / "run"
+    # As in a terminal: a test suite started in the background (`cmd &` in a script) passes on
+    # an ignored SIGINT, which the run rightly keeps ignoring (README); reset it for the child.
+    def default_sigint() -> None:
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+
     proc = subprocess.Popen(_cmd(long_corpus, out), env=_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=default_sigint)  # fmt: skip
     # Interrupt the run inside its PCA (not the interpreter importing its libraries, nor a run
     # about to end): its cursor is recorded after every batch here.
     deadline = time.perf_counter() + 120
