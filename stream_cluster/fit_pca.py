@@ -37,12 +37,15 @@ logger = logging.getLogger(__name__)
 PIXEL_SCALE = np.float32(1.0 / 255.0)
 
 
-def read_scaled(pixels: RowReader, lo: int, hi: int) -> np.ndarray:
-    """Rows ``lo:hi`` of the pixel store as float32 in 0..1, read READ_ROWS rows at a time.
+def read_scaled(
+    pixels: RowReader, lo: int, hi: int, out: np.ndarray | None = None
+) -> np.ndarray:
+    """Rows ``lo:hi`` of the pixel store as float32 in 0..1 (into ``out`` if given), read
+    READ_ROWS rows at a time.
 
     Filling the batch in slices spares a uint8 copy of the whole batch (146 MB at the seed size).
     """
-    x = np.empty((hi - lo, pixels.row_size), dtype=np.float32)
+    x = np.empty((hi - lo, pixels.row_size), dtype=np.float32) if out is None else out
     for s0 in range(lo, hi, READ_ROWS):
         s1 = min(s0 + READ_ROWS, hi)
         np.multiply(pixels.read(s0, s1), PIXEL_SCALE, out=x[s0 - lo : s1 - lo])
@@ -170,7 +173,7 @@ def fit_pca(
             if x_buf is None:
                 x_buf = np.empty((batch, d), dtype=np.float32)
             s1 = min(lo + batch, avail, lo + filled + READ_ROWS)
-            np.multiply(pixels.read(lo + filled, s1), PIXEL_SCALE, out=x_buf[filled : s1 - lo])
+            read_scaled(pixels, lo + filled, s1, out=x_buf[filled : s1 - lo])
             filled = s1 - lo
         if filled == 0:
             break

@@ -61,14 +61,15 @@ class PixelPipe:
                     f"{self.directory} has a gap: expected {_SEG_FMT.format(i)}, found "
                     f"{path.name}. Rerun with --fresh to start over."
                 )
-            self._sizes.append(len(self._read_segment(i)))
+            self._sizes.append(len(self.segment_names(i)))
+        self._rows = sum(self._sizes)  # committed rows (the reader asks after every slice)
         self._queue: deque[tuple[int, np.ndarray]] = deque()  # (first row, rows)
         self._head = len(self)  # first row not yet handed over (or dropped)
         self._closed = False
         self._cond = threading.Condition()
 
     def __len__(self) -> int:
-        return sum(self._sizes)
+        return self._rows
 
     @property
     def n_segments(self) -> int:
@@ -80,7 +81,8 @@ class PixelPipe:
         """Rows of each committed segment."""
         return list(self._sizes)
 
-    def _read_segment(self, index: int) -> list[bytes]:
+    def segment_names(self, index: int) -> list[bytes]:
+        """Names of the rows of committed segment ``index``."""
         path = self.directory / _SEG_FMT.format(index)
         try:
             names = json.loads(path.read_text(encoding="utf-8"))
@@ -92,7 +94,7 @@ class PixelPipe:
 
     def names(self) -> list[bytes]:
         """Name of every committed row, in order."""
-        return [n for i in range(self.n_segments) for n in self._read_segment(i)]
+        return [n for i in range(self.n_segments) for n in self.segment_names(i)]
 
     def start_at(self, row: int) -> None:
         """Hand over rows from ``row`` on (a resumed PCA continues there); clears the queue."""
@@ -107,6 +109,7 @@ class PixelPipe:
             for i in range(n_segments, self.n_segments):
                 (self.directory / _SEG_FMT.format(i)).unlink(missing_ok=True)
             self._sizes = self._sizes[:n_segments]
+            self._rows = sum(self._sizes)
             self._queue.clear()
             # The head stays: rows re-appended before it are dropped as they arrive, so the
             # queue only ever holds rows the reader takes next (no wait on both sides).
@@ -127,6 +130,7 @@ class PixelPipe:
         with self._cond:
             first = len(self)
             self._sizes.append(len(names))
+            self._rows += len(names)
             keep = max(0, self._head - first)  # rows before the head are not needed again
             if keep < len(names):
                 self._queue.append((first + keep, np.array(rows[keep:], copy=True)))
@@ -181,21 +185,22 @@ def rewind_ingest(
     if record.done and cursor >= len(pipe):
         pipe.start_at(cursor)
         return
-    names, keep, rows = pipe.names(), 0, 0
+    keep, rows = 0, 0
     sizes = pipe.segment_sizes
     while keep < len(sizes) and rows + sizes[keep] <= cursor:
         rows += sizes[keep]
         keep += 1
     position = {rel: i for i, rel in enumerate(ordered)}
-    restart = position[os.fsdecode(names[rows - 1])] + 1 if rows else 0
+    # only the last kept name matters: the ingest starts again at the file after it
+    restart = position[os.fsdecode(pipe.segment_names(keep - 1)[-1])] + 1 if rows else 0
     if record.data:
         skipped = [s for s in record.get("skipped", []) if position.get(s[0], 0) < restart]
         pipe.truncate_segments(keep)
         record.update(next_file=restart, segments=keep, skipped=skipped, done=False)
     pipe.start_at(cursor)
-    if rows < len(names):
+    if rows < sum(sizes):
         logger.info("decoding again from image %d (rows %d..%d were not kept)", restart, rows,
-                    len(names) - 1)  # fmt: skip
+                    sum(sizes) - 1)  # fmt: skip
 
 
 class SourcePixels:
