@@ -633,6 +633,9 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     ap.add_argument("--fresh", action="store_true", help="discard OUT/NAME.jsonl first")
     ap.add_argument(
+        "--report-only", action="store_true", help="rebuild OUT/NAME.md from the JSONL, run nothing"
+    )
+    ap.add_argument(
         "--clustimage-python", default=sys.executable, help="interpreter with clustimage installed"
     )
     a = ap.parse_args(argv)
@@ -674,7 +677,7 @@ def run(a: argparse.Namespace) -> list[dict[str, Any]]:
         if needs and feat not in pipes:
             pipes.insert(0, feat)
     rows: list[dict[str, Any]] = []
-    for rep in range(a.repeats):
+    for rep in range(0 if a.report_only else a.repeats):
         for pipe in pipes:
             row = _run_row(pipe, a, work, rep)
             row["argv"] = " ".join(sys.argv[1:])
