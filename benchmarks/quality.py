@@ -565,7 +565,8 @@ def markdown(rows: list[dict[str, Any]], title: str) -> str:
                 notes.append(f"{key} {m:g}")
         failed = [r for r in rs if r.get("returncode") != 0]
         if failed:
-            notes.append(f"{len(failed)} failed ({failed[0].get('killed_by') or 'error'})")
+            why = failed[0].get("killed_by") or f"exit code {failed[0].get('returncode')}"
+            notes.append(f"{len(failed)} failed ({why})")
         if ok and "kauto" in ok[-1]:
             kauto = ok[-1]["kauto"]
         clusters = _median(ok, "clusters")
@@ -633,6 +634,11 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     ap.add_argument("--fresh", action="store_true", help="discard OUT/NAME.jsonl first")
     ap.add_argument(
+        "--reuse-features",
+        action="store_true",
+        help="use the PCA features a previous run left in the work folder (same settings)",
+    )
+    ap.add_argument(
         "--report-only", action="store_true", help="rebuild OUT/NAME.md from the JSONL, run nothing"
     )
     ap.add_argument(
@@ -674,7 +680,8 @@ def run(a: argparse.Namespace) -> list[dict[str, Any]]:
             p.startswith("hog-" if kind == "hog" else "pca-") or (kind == "pixels" and p == "kauto")
             for p in pipes
         )
-        if needs and feat not in pipes:
+        cached = a.reuse_features and (work / f"feat_{kind}.npy").is_file()
+        if needs and feat not in pipes and not cached:
             pipes.insert(0, feat)
     rows: list[dict[str, Any]] = []
     for rep in range(0 if a.report_only else a.repeats):

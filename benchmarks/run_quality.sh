@@ -25,13 +25,15 @@ digits8-peer)
   $Q "$QSETS/digits8" --name digits8-clustimage --size 8x8 --components 40 \
      --pipelines clustimage,clustimage-k --clustimage-python "$CLUSTIMAGE_PY" ;;
 tuxpaint)
+  # Asked with --repeats 3; stopped after the first round (deadline; see RESULTS_quality.md).
   $Q "$QSETS/tuxpaint" --name tuxpaint --size 300x430 --components 800 --sample 400 \
      --repeats 3 --pipelines "$MAIN"
   $Q "$QSETS/tuxpaint" --name tuxpaint --size 300x430 --components 800 \
-     --pipelines clustimage,clustimage-k --clustimage-python "$CLUSTIMAGE_PY" ;;
+     --pipelines clustimage-k --clustimage-python "$CLUSTIMAGE_PY" ;;
 digits300)
+  # raw-kmeans left out: on 129,000-pixel rows it ran > 15 min under the shared machine's load
   $Q "$QSETS/digits300" --name digits300 --size 300x430 --components 800 --sample 500 \
-     --repeats 1 --pipelines "$MAIN" ;;
+     --repeats 1 --pipelines "$(echo "$MAIN" | sed 's/raw-kmeans,//')" ;;
 clipart)
   $Q /work/data/clipart --name clipart --size 300x430 --components 800 --sample 2000 \
      --n-init 3 --repeats 1 \
