@@ -191,7 +191,7 @@ def _render(job: tuple[Path, Path, int, int]) -> int:
         if raw is None:
             return 1
         if raw.dtype == np.uint16:
-            raw = (raw >> 8).astype(np.uint8)
+            raw = (raw.astype(np.uint16) >> 8).astype(np.uint8)
         grey = _over_white(raw, rgb_order=False)
     _write_png(dst, letterbox(grey, width, height))
     return 0
@@ -255,8 +255,9 @@ def main(argv: list[str] | None = None) -> int:
         elif a.set == "clipart":
             _print_counts(sorted(check_clipart(a.root).items()))
         else:
+            width, height = a.size
             done, failed, dropped = build_tuxpaint(
-                a.out, *a.size, root=a.src, min_per_class=a.min_per_class, workers=a.workers
+                a.out, width, height, root=a.src, min_per_class=a.min_per_class, workers=a.workers
             )
             print(f"dropped classes (< {a.min_per_class} images): {dropped}; unreadable: {failed}")
             _print_counts(sorted(label_counts(a.out).items()))

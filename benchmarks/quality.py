@@ -248,11 +248,11 @@ def pca_scores(x: np.ndarray, n_components: int) -> tuple[np.ndarray, float]:
 def _kmeans(x: np.ndarray, k: int, seed: int, n_init: int) -> np.ndarray:
     from sklearn.cluster import KMeans
 
-    return KMeans(n_clusters=k, n_init=n_init, random_state=seed).fit_predict(x)
+    return np.asarray(KMeans(n_clusters=k, n_init=n_init, random_state=seed).fit_predict(x))
 
 
 def _umap(seed: int) -> Any:
-    import umap
+    import umap  # type: ignore[import-untyped]
 
     return umap.UMAP(**UMAP_PARAMS, random_state=seed)
 
@@ -334,7 +334,7 @@ def _kauto(x: np.ndarray, truth: np.ndarray, seed: int, n_init: int, e: int) -> 
 
 
 def _clustimage(folder: Path, rel: Sequence[str], k: int | None, seed: int) -> np.ndarray:
-    from clustimage import Clustimage
+    from clustimage import Clustimage  # type: ignore[import-not-found,unused-ignore]
 
     np.random.seed(seed)
     cl = Clustimage(verbose="error")

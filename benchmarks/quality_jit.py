@@ -20,7 +20,7 @@ import numpy as np
 def main() -> None:
     """Print import, first/second fit and first/second transform times in seconds."""
     t0 = time.perf_counter()
-    import umap
+    import umap  # type: ignore[import-untyped]
 
     t1 = time.perf_counter()
     x = np.random.default_rng(0).normal(size=(300, 20)).astype(np.float32)
