@@ -102,7 +102,7 @@ def test_discover_labels_from_top_folder(tiny_set: Path) -> None:
 
 def test_quality_end_to_end_cheap_rows(tiny_set: Path, tmp_path: Path) -> None:
     # Check that a run of the cheap rows writes one scored JSONL record per row and a table,
-    # and that the separable tiny set is recovered exactly by the reference k-means rows.
+    # and that the separable tiny set is recovered exactly by k-means on the PCA features.
     out = tmp_path / "out"
     rc = main(
         [
@@ -114,7 +114,7 @@ def test_quality_end_to_end_cheap_rows(tiny_set: Path, tmp_path: Path) -> None:
             "--components",
             "5",
             "--pipelines",
-            "stream-cluster,raw-kmeans,pca-kmeans",
+            "stream-cluster,pca-kmeans",
             "--out",
             str(out),
             "--work",
@@ -126,15 +126,15 @@ def test_quality_end_to_end_cheap_rows(tiny_set: Path, tmp_path: Path) -> None:
     assert rc == 0
     rows = [json.loads(line) for line in (out / "tiny.jsonl").read_text().splitlines()]
     by = {r["pipeline"]: r for r in rows}
-    assert set(by) == {"features[pixels]", "stream-cluster", "raw-kmeans", "pca-kmeans"}
+    assert set(by) == {"features[pixels]", "stream-cluster", "pca-kmeans"}
     assert all(r["returncode"] == 0 and r["n"] == 36 and r["k"] == 3 for r in rows)
-    assert by["raw-kmeans"]["ari"] == pytest.approx(1.0)
+    assert by["pca-kmeans"]["ari"] == pytest.approx(1.0)
     assert by["pca-kmeans"]["purity"] == 1.0
     assert 0.0 < by["stream-cluster"]["ari"] <= 1.0
     assert by["stream-cluster"]["clusters"] == 3
     assert all(r["peak_rss_mib"] > 0 and r["wall_s"] > 0 for r in rows)
     table = (out / "tiny.md").read_text()
-    assert "| raw-kmeans | 1.000 |" in table
+    assert "| pca-kmeans | 1.000 |" in table
 
 
 def test_build_digits_writes_letterboxed_pngs(tmp_path: Path) -> None:
