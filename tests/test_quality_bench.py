@@ -5,13 +5,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 
-cv2 = pytest.importorskip("cv2")
-
-from benchmarks import labelled_sets  # noqa: E402
-from benchmarks.quality import discover, knee_index, main, pca_scores, purity, scores  # noqa: E402
+from benchmarks import labelled_sets
+from benchmarks.quality import discover, knee_index, main, pca_scores, purity, scores
 
 
 def test_purity_hand_computed() -> None:
