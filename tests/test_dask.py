@@ -30,7 +30,7 @@ from stream_cluster.parallel.dask_executor import (
     SharedStorageError,
 )
 from stream_cluster.parallel.executor import WorkerDied
-from stream_cluster.pca.streaming import StreamingPCA, merge_tree
+from stream_cluster.pca import StreamingPCA, merge_tree
 from stream_cluster.runner.dask_steps import iter_run_dask
 from stream_cluster.stages.fit_pca import load_pca, read_scaled
 from stream_cluster.storage.checkpoint import load_arrays

@@ -17,7 +17,7 @@ from sklearn.decomposition import IncrementalPCA
 
 import stream_cluster.pca._kernels as kernels_mod
 from stream_cluster.errors import ConfigError, StoreError
-from stream_cluster.pca.streaming import StreamingPCA, pca_memory_bytes
+from stream_cluster.pca import StreamingPCA, pca_memory_bytes
 
 CLIPART = Path("/work/data/clipart")
 REPO = Path(__file__).resolve().parents[1]

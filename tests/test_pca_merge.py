@@ -14,8 +14,8 @@ from sklearn.decomposition import PCA, IncrementalPCA
 
 import stream_cluster.pca._kernels as kernels_mod
 from stream_cluster.errors import ConfigError
+from stream_cluster.pca import StreamingPCA, merge_tree
 from stream_cluster.pca._merge import reduce_tree
-from stream_cluster.pca.streaming import StreamingPCA, merge_tree
 
 # ---------------------------------------------------------------------------- helpers
 

@@ -15,7 +15,7 @@ from stream_cluster.config import format_bytes
 from stream_cluster.errors import BudgetError
 from stream_cluster.images.decode import DECODE_MEMORY_CAP, decode_worker_bytes
 from stream_cluster.model.kmeans import ASSIGN_BATCH, Mode, kmeans_memory_bytes
-from stream_cluster.pca.streaming import pca_memory_bytes
+from stream_cluster.pca.memory import pca_memory_bytes
 from stream_cluster.storage.store import store_io_bytes
 
 __all__ = [

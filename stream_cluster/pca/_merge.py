@@ -1,6 +1,6 @@
 """Merging fitted :class:`stream_cluster.pca.StreamingPCA` models: checks, update, fixed tree.
 
-Private; :func:`merge_tree` is public as ``stream_cluster.pca.streaming.merge_tree``. A merge is
+Private (:func:`~stream_cluster.pca.merge_tree` is the public tree of merges). A merge is
 ``partial_fit``'s Gram update with the batch block replaced by the other model's scaled
 components (the kernels and constants of ``_pca_kernels``, the solver of ``_pca_update``);
 counts, mean and variance merge exactly.
@@ -8,24 +8,22 @@ counts, mean and variance merge exactly.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, TypeVar
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 import numpy as np
 
+import stream_cluster.pca._kernels as _k
 from stream_cluster.errors import ConfigError
-from stream_cluster.pca import _kernels as _k
 from stream_cluster.pca._kernels import _F32, _F64, _gram_block, _spans
+from stream_cluster.pca._state import FittedState
 from stream_cluster.pca._update import learned_attributes, solve_stack
-
-if TYPE_CHECKING:
-    from stream_cluster.pca.streaming import StreamingPCA
 
 T = TypeVar("T")
 M = TypeVar("M")
 
 
-def merged_n_components(a: StreamingPCA, b: Any, n_components: int | None) -> int:
+def merged_n_components(a: FittedState, b: Any, n_components: int | None) -> int:
     """Check that ``a`` and ``b`` can be merged and return the result's ``n_components``."""
     if not isinstance(b, type(a)):
         raise TypeError(f"Can only merge a {type(a).__name__}. Got {type(b).__name__} instead.")
@@ -76,7 +74,7 @@ def merge_mean_var(
     return mean, unnormalized / updated_count
 
 
-def gram_merge(a: StreamingPCA, b: StreamingPCA, k: int, block_columns: int) -> dict[str, Any]:
+def gram_merge(a: FittedState, b: FittedState, k: int, block_columns: int) -> dict[str, Any]:
     """The learned attributes of the merge of fitted models ``a`` and ``b``, ``k`` components.
 
     The stack ``[diag(s_a) V_a; diag(s_b) V_b; sqrt(n_a n_b / n) (mean_a - mean_b)]`` is never
@@ -112,50 +110,6 @@ def gram_merge(a: StreamingPCA, b: StreamingPCA, k: int, block_columns: int) -> 
         G, exact, V_b, V_a, sigma_a, corr, k, n, cb, sigma_b, out, what="A merged model"
     )
     return learned_attributes(V, sigma, lam, mean, var, n, k, lam.size > k)
-
-
-def merge_tree(
-    models: Sequence[StreamingPCA | Mapping[str, np.ndarray]], *, n_components: int | None = None
-) -> StreamingPCA:
-    """Merge fitted models (or their :meth:`~StreamingPCA.get_state` dicts) in a fixed tree.
-
-    Pairs ``(0, 1), (2, 3), ...`` are merged with :meth:`StreamingPCA.merge`, then the results
-    pairwise, and so on (an odd one out moves up a level), so the result depends only on the
-    order of ``models``, not on which finished first: give them in shard order.
-
-    Exact (to rounding) when no model or merge discards variance; otherwise each truncation
-    drops its discarded tail, and more leaves mean more truncations.
-
-    Parameters
-    ----------
-    models : sequence of StreamingPCA or mapping of str to ndarray
-        At least one. States are rebuilt with :meth:`StreamingPCA.from_state` when needed.
-    n_components : int, optional
-        Passed to every merge (default: the smaller of the two models' ``n_components``).
-
-    Returns
-    -------
-    StreamingPCA
-        A new model (a copy for a single input); the inputs are not modified.
-
-    Notes
-    -----
-    Memory: evaluated depth first, so at most one rebuilt or merged model per tree level
-    (``ceil(log2(len(models)))`` of them) is alive at once, plus one merge's buffers.
-    """
-    from stream_cluster.pca.streaming import (
-        StreamingPCA,  # at call time: stream_cluster.pca.streaming imports this
-    )
-
-    def load(item: StreamingPCA | Mapping[str, np.ndarray]) -> StreamingPCA:
-        return item if isinstance(item, StreamingPCA) else StreamingPCA.from_state(item)
-
-    def merge(a: StreamingPCA, b: StreamingPCA) -> StreamingPCA:
-        return a.merge(b, n_components=n_components)
-
-    if len(models) == 1:
-        return StreamingPCA.from_state(load(models[0]).get_state())
-    return reduce_tree(models, load, merge)
 
 
 def reduce_tree(items: Sequence[T], load: Callable[[T], M], merge: Callable[[M, M], M]) -> M:

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import logging
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-from stream_cluster.pca import _kernels as _k
+import stream_cluster.pca._kernels as _k
 from stream_cluster.pca._kernels import (
     _F32,
     _F64,
@@ -25,9 +25,7 @@ from stream_cluster.pca._kernels import (
     _scale_old_block,
     _spans,
 )
-
-if TYPE_CHECKING:
-    from stream_cluster.pca.streaming import StreamingPCA
+from stream_cluster.pca._state import FittedState
 
 # The public module's logger: users configure "stream_cluster.pca.streaming" for the whole
 # estimator.
@@ -35,7 +33,7 @@ logger = logging.getLogger("stream_cluster.pca.streaming")
 
 
 def gram_partial_fit(
-    X: np.ndarray, k: int, block_columns: int, prev: StreamingPCA | None
+    X: np.ndarray, k: int, block_columns: int, prev: FittedState | None
 ) -> dict[str, Any]:
     """One ``partial_fit`` update of a fitted model ``prev`` (None: first batch) by batch ``X``.
 
@@ -206,7 +204,7 @@ def _stats_and_centre(
     mean: np.ndarray,
     var: np.ndarray,
     corr: np.ndarray | None,
-    prev: StreamingPCA | None,
+    prev: FittedState | None,
 ) -> None:
     """Update mean/var of columns s0:s1 as sklearn does and centre them in place."""
     n = X.shape[0]

@@ -128,7 +128,7 @@ def fit_pca(
     ``check_rows(n)`` is called with the final count (it raises if too few images decoded).
 
     Memory: the model (``2 * n_components * d`` floats), one float32 batch and the solver's
-    workspace (see :func:`stream_cluster.pca.streaming.pca_memory_bytes`).
+    workspace (see :func:`stream_cluster.pca.memory.pca_memory_bytes`).
     """
     final = out_dir / "pca.h5"
     if record.done and final.exists():
