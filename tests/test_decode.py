@@ -25,8 +25,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from stream_cluster import headers as headers_mod
 from stream_cluster.errors import ConfigError, DecodeError
+from stream_cluster.images import headers as headers_mod
 from stream_cluster.images.decode import (
     DECODE_MEMORY_CAP,
     decode_cost_bound,

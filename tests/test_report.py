@@ -12,10 +12,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stream_cluster import montage, report
 from stream_cluster.errors import ConfigError, StoreError
+from stream_cluster.report import montage
 from stream_cluster.report.pages import content_security_policy, map_script
 from stream_cluster.report.thumbs import ThumbSize
+from stream_cluster.stages import report
 from stream_cluster.stages.report import (
     ClusterRow,
     MapData,
