@@ -57,6 +57,7 @@ from stream_cluster.parallel.dask_executor import (
 from stream_cluster.parallel.dask_plan import DaskLayout, check_worker_budget, make_layout
 from stream_cluster.report.results import RunResult, write_run_json, write_skipped
 from stream_cluster.runner import runfolder
+from stream_cluster.runner.dask_pca import pca_stage
 from stream_cluster.stages.base import Progress, ProgressEvent, StageRecord
 from stream_cluster.stages.clustering import Elbow, cluster, elbow, feature_source
 from stream_cluster.stages.embed import feature_store
@@ -70,7 +71,6 @@ from stream_cluster.stages.shard_tasks import (
     ingest_segment,
     segment_name,
 )
-from stream_cluster.stages.sharded_pca import pca_stage
 from stream_cluster.stages.update import ingest_order
 from stream_cluster.storage.checkpoint import RunLock, RunState
 from stream_cluster.storage.store import RowStore, atomic_write_bytes

@@ -50,20 +50,6 @@ __all__ = [
 _SEG = "seg-{:06d}.h5"
 
 
-def _sizeof_pca(model: StreamingPCA) -> int:
-    arrays = ("components_", "mean_", "var_", "singular_values_", "explained_variance_")
-    return int(sum(getattr(model, a).nbytes for a in arrays if hasattr(model, a))) + 1000
-
-
-try:  # Dask sizes objects with sizeof: a model is its arrays (the scheduler and the memory
-    # manager would otherwise count ~100 bytes for 413 MB of components)
-    from dask.sizeof import sizeof
-
-    sizeof.register(StreamingPCA)(_sizeof_pca)  # type: ignore[no-untyped-call]
-except ImportError:  # pragma: no cover - this module runs where Dask is installed
-    pass
-
-
 def segment_name(index: int) -> str:
     """File name of store segment ``index`` (the name :class:`~stream_cluster.storage.RowStore`
     gives its ``index``-th segment)."""
