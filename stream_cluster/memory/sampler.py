@@ -15,7 +15,7 @@ from typing import TextIO
 
 import psutil
 
-__all__ = ["MemorySampler", "tree_rss"]
+__all__ = ["MemorySampler", "OwnRssSampler", "tree_rss"]
 
 
 def tree_rss(proc: psutil.Process | None = None) -> int:
@@ -88,3 +88,17 @@ class MemorySampler:
         if self._fh is not None:
             self._fh.close()
             self._fh = None
+
+
+class OwnRssSampler(MemorySampler):
+    """RSS of this process only, not its children's: a Dask client's ``local:N`` workers are
+    its children, and each of them has its own budget (their peaks come from the tasks)."""
+
+    def sample(self) -> int:
+        rss = int(psutil.Process().memory_info().rss)
+        self.current = rss
+        self.peak = max(self.peak, rss)
+        self.stage_peaks[self.stage] = max(self.stage_peaks.get(self.stage, 0), rss)
+        if self._fh is not None:
+            self._fh.write(f"{time.perf_counter() - self._t0:.3f},{rss},{self.stage}\n")
+        return rss

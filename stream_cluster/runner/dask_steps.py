@@ -28,25 +28,25 @@ import os
 import shutil
 import threading
 import time
-from collections.abc import Generator, Sequence
+from collections.abc import Generator, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
-import psutil
 
 from stream_cluster.config import RunConfig
 from stream_cluster.errors import (
     CheckpointMismatchError,
     ConfigError,
-    CorruptSegmentError,
     StreamClusterError,
 )
 from stream_cluster.images.decode import DecodeChunk
-from stream_cluster.images.scan import files_digest, scan
-from stream_cluster.memory.planner import disk_need, plan_folder, plan_run
-from stream_cluster.memory.sampler import MemorySampler
+from stream_cluster.images.scan import ScanResult
+from stream_cluster.memory.budget import MemoryPlan
+from stream_cluster.memory.planner import disk_need, plan_folder
+from stream_cluster.memory.sampler import OwnRssSampler
 from stream_cluster.parallel.dask_executor import (
     DaskExecutor,
     check_shared_storage,
@@ -55,11 +55,11 @@ from stream_cluster.parallel.dask_executor import (
     worker_stats,
 )
 from stream_cluster.parallel.dask_plan import DaskLayout, check_worker_budget, make_layout
-from stream_cluster.report.results import RunResult, write_run_json, write_skipped
+from stream_cluster.report.results import RunResult, write_skipped
 from stream_cluster.runner import runfolder
 from stream_cluster.runner.dask_pca import pca_stage
+from stream_cluster.runner.sequence import Pixels, Runner, Steps, execute
 from stream_cluster.stages.base import Progress, ProgressEvent, StageRecord
-from stream_cluster.stages.clustering import Elbow, cluster, elbow, feature_source
 from stream_cluster.stages.embed import feature_store
 from stream_cluster.stages.fit_pca import load_pca
 from stream_cluster.stages.ingest import start_ingest
@@ -72,8 +72,8 @@ from stream_cluster.stages.shard_tasks import (
     segment_name,
 )
 from stream_cluster.stages.update import ingest_order
-from stream_cluster.storage.checkpoint import RunLock, RunState
-from stream_cluster.storage.store import RowStore, atomic_write_bytes
+from stream_cluster.storage.atomic import atomic_write_bytes
+from stream_cluster.storage.store import RowStore
 
 __all__ = ["STAGES", "iter_run_dask"]
 
@@ -82,21 +82,6 @@ logger = logging.getLogger(__name__)
 STAGES = ("scan", "ingest", "pca", "embed", "elbow", "cluster", "report")
 #: Files of the distributed run besides the single-process ones (manifests, shard states).
 DASK_DIR = "dask"
-T = TypeVar("T")
-
-
-class _ClientSampler(MemorySampler):
-    """RSS of this process only: in ``local:N`` mode the workers are its children, and each
-    of them has its own budget (their peaks come from the tasks)."""
-
-    def sample(self) -> int:
-        rss = int(psutil.Process().memory_info().rss)
-        self.current = rss
-        self.peak = max(self.peak, rss)
-        self.stage_peaks[self.stage] = max(self.stage_peaks.get(self.stage, 0), rss)
-        if self._fh is not None:
-            self._fh.write(f"{time.perf_counter() - self._t0:.3f},{rss},{self.stage}\n")
-        return rss
 
 
 def iter_run_dask(
@@ -110,57 +95,49 @@ def iter_run_dask(
     """Run the pipeline on the Dask cluster ``config.dask``; yields progress, returns the result.
 
     ``shard_images`` sets the images per PCA shard of a new run folder (default: see
-    :func:`~stream_cluster.parallel.dask_plan.make_layout`); ``decode_chunk`` replaces the decoder
-    (tests inject failures with it). ``config.mem_budget`` is per worker and for the client.
+    :func:`~stream_cluster.parallel.dask_plan.make_layout`); ``decode_chunk`` replaces the
+    decoder (tests inject failures with it). ``config.mem_budget`` is per worker and for the
+    client.
     """
-    require_dask()
-    if config.dask is None:
-        raise ConfigError("iter_run_dask needs config.dask (local:N or a scheduler address).")
-    if update:
-        raise ConfigError("--update is not available with --dask yet; run it without --dask.")
-    runfolder.prepare_out_dir(config, fresh)
-    if fresh:
-        shutil.rmtree(config.out_dir / DASK_DIR, ignore_errors=True)
-    csv_path = config.out_dir / "memory.csv" if config.profile_memory else None
-    with RunLock(config.out_dir), _ClientSampler(csv_path=csv_path) as sampler:
-        runfolder.discard_partials(config.out_dir)  # left by a kill -9 or power loss
-        with connect(config.dask, config.mem_budget) as client:
-            for attempt in range(4):
-                try:
-                    run = _DaskRun(config, client, sampler, shard_images, decode_chunk)
-                    return (yield from run.run())
-                except CorruptSegmentError as exc:  # bit rot: rebuild the segment, resume
-                    if attempt == 3 or not runfolder.repair(config, exc):
-                        raise
-                except BaseException:  # an error, Ctrl-C/SIGTERM, close()
-                    runfolder.discard_partials(config.out_dir)
-                    raise
-    raise AssertionError("unreachable")
+    steps = DaskSteps(shard_images, decode_chunk)
+    return (yield from execute(config, steps, fresh=fresh, update=update))
 
 
-class _DaskRun:
-    """One invocation on a cluster: sequences the distributed stages and the client ones."""
+class DaskSteps(Steps):
+    """Ingest, PCA and embed as Dask tasks; the runner does the rest on the client."""
 
-    def __init__(
-        self,
-        config: RunConfig,
-        client: Any,
-        sampler: MemorySampler,
-        shard_images: int | None,
-        decode_chunk: DecodeChunk | None,
-    ) -> None:
-        self.config, self.out, self.client, self.sampler = config, config.out_dir, client, sampler
+    sampler = OwnRssSampler  # local:N workers are children with budgets of their own
+
+    def __init__(self, shard_images: int | None, decode_chunk: DecodeChunk | None) -> None:
         self.shard_images, self.decode_chunk = shard_images, decode_chunk
-        self.state = RunState(self.out / "state.json")
-        self.executor = DaskExecutor(client)
-        self.skipped = 0
+        self.client: Any = None
         self.peaks: dict[str, dict[str, Any]] = {}  # worker -> host, pid, peak RSS
         self.work: dict[str, dict[str, float]] = {}  # stage -> task seconds and images
         self._lock = threading.Lock()
 
-    # -- bookkeeping ---------------------------------------------------------------------------
+    def check(self, config: RunConfig, fresh: bool, update: bool) -> None:
+        require_dask()
+        if config.dask is None:
+            raise ConfigError("iter_run_dask needs config.dask (local:N or a scheduler address).")
+        if update:
+            raise ConfigError("--update is not available with --dask yet; run it without --dask.")
+        if fresh:
+            shutil.rmtree(config.out_dir / DASK_DIR, ignore_errors=True)
+
+    @contextmanager
+    def session(self, config: RunConfig) -> Iterator[None]:
+        assert config.dask is not None
+        with connect(config.dask, config.mem_budget) as client:
+            self.client = client
+            yield
+
+    def begin(self, run: Runner) -> None:
+        self.run, self.config, self.out = run, run.config, run.out
+        self.executor = DaskExecutor(self.client)
+        self.peaks, self.work = {}, {}
+
     def record(self, stage: str) -> StageRecord:
-        return StageRecord(self.state, stage)
+        return self.run.record(stage)
 
     def note(self, info: dict[str, Any], stage: str = "", images: int = 0) -> None:
         """Keep the largest peak RSS each worker process reported; add up a stage's task time."""
@@ -177,123 +154,49 @@ class _DaskRun:
             if info["peak"] >= old:
                 self.peaks[who] = {"host": info["host"], "pid": info["pid"], "peak": info["peak"]}
 
-    def _leave(self, stage: str, t0: float) -> None:
-        self.sampler.sample()
-        rec = self.state.stage(stage)
-        seconds = time.perf_counter() - t0 + float(rec.get("seconds", 0.0))
-        peak = max(int(rec.get("peak_rss", 0)), self.sampler.stage_peaks.get(stage, 0))
-        self.state.update(stage, seconds=seconds, peak_rss=peak)
-
-    def stage(
-        self, name: str, gen: Generator[Progress, None, T]
-    ) -> Generator[ProgressEvent, None, T]:
-        """Run one stage generator: memory label, Progress to events, time and client peak."""
-        self.sampler.stage = name
-        t0, worked = time.perf_counter(), False
-        try:
-            while True:
-                try:
-                    p = next(gen)
-                except StopIteration as stop:
-                    value: T = stop.value
-                    break
-                worked = True
-                self.skipped = self.skipped if p.skipped is None else p.skipped
-                yield ProgressEvent(
-                    p.stage, p.done, p.total, p.unit, self.sampler.current,
-                    self.config.mem_budget, self.skipped, p.message,
-                )  # fmt: skip
-        finally:
-            gen.close()
-        if worked:
-            self._leave(name, t0)
-        return value
-
-    # -- the run ---------------------------------------------------------------------------------
-    def run(self) -> Generator[ProgressEvent, None, RunResult]:
-        cfg, out = self.config, self.out
-        runfolder.check_settings(self.state, cfg)
-        self.sampler.stage = "scan"
-        t0 = time.perf_counter()
-        found = scan(cfg.input_dir, follow_external_symlinks=cfg.follow_symlinks)
-        files, digest = found.files, files_digest(found.files, found.root)
-        runfolder.check_inputs(self.state, out, files, digest)
-        runfolder.check_counts(cfg, len(files))
-        mem_plan = plan_run(cfg, found.root, files, self.record("pca").data)
-        layout, mem_plan = self._layout(mem_plan, os.fspath(found.root), files)
+    # -- the steps -------------------------------------------------------------------------------
+    def prepare(
+        self, run: Runner, found: ScanResult, digest: str, mem_plan: MemoryPlan
+    ) -> tuple[MemoryPlan, str]:
+        cfg, out, files = run.config, run.out, found.files
+        self.layout, mem_plan = self._layout(mem_plan, os.fspath(found.root), files)
         check_worker_budget(cfg, mem_plan)
         runfolder.check_disk(out, disk_need(out, cfg, len(files), self.record("pca").done))
         ingest_rec = self.record("ingest")
         start_ingest(ingest_rec, out, found.root, files, digest, cfg.stage_key("ingest"))
-        ordered = ingest_order(out, files)
+        self.ordered = ingest_order(out, files)
         root = Path(found.root)
-        n_workers = check_shared_storage(self.client, out, [root / ordered[0], root / ordered[-1]])
-        scan_skipped = [(str(a), str(b)) for a, b in found.skipped]
-        self._leave("scan", t0)
-        what = (
-            f"{len(files)} image files on {n_workers} Dask worker(s); {layout.n_segments} "
-            f"segments, {layout.n_shards} PCA shard(s); plan: {mem_plan.describe()}"
+        self.n_workers = check_shared_storage(
+            self.client, out, [root / self.ordered[0], root / self.ordered[-1]]
         )
-        yield ProgressEvent("scan", len(files), len(files), "files", self.sampler.current,
-                            cfg.mem_budget, len(scan_skipped), what)  # fmt: skip
+        layout = self.layout
+        return mem_plan, (
+            f" on {self.n_workers} Dask worker(s); {layout.n_segments} "
+            f"segments, {layout.n_shards} PCA shard(s)"
+        )
 
-        decoded = yield from self.stage(
-            "ingest", self._ingest(ingest_rec, layout, root, ordered, mem_plan, scan_skipped)
-        )
-        skipped = [*scan_skipped, *decoded]
+    def pixels(
+        self, run: Runner, found: ScanResult, mem_plan: MemoryPlan, skipped: list[tuple[str, str]]
+    ) -> Generator[ProgressEvent, None, Pixels]:
+        cfg, out, layout = run.config, run.out, self.layout
+        ingest = self._ingest(self.record("ingest"), layout, Path(found.root), self.ordered,
+                              mem_plan, skipped)  # fmt: skip
+        decoded = yield from run.stage("ingest", ingest)
+        skipped = [*skipped, *decoded]
         write_skipped(out, skipped)
         pixels = RowStore(out / "pixels", cfg.n_features, np.uint8)
-        runfolder.check_decoded(cfg, len(pixels), len(files), skipped)
-        self.skipped = len(skipped)
+        runfolder.check_decoded(cfg, len(pixels), len(found.files), skipped)
+        run.skipped = len(skipped)
+        yield from run.stage("pca", self._pca(layout, self._segment_rows(layout)))
+        return Pixels(pixels, pixels.names(), None, skipped)
 
-        seg_rows = self._segment_rows(layout)
-        yield from self.stage("pca", self._pca(layout, seg_rows))
-        pca_rec = self.record("pca")
-        n_keep = int(pca_rec.get("n_keep"))
-        features = yield from self.stage(
-            "embed", self._embed(layout, n_keep, pca_rec.get("key"), len(pixels))
-        )
-        source = feature_source(features, mem_plan)
-        curve: Elbow = yield from self.stage(
-            "elbow",
-            elbow(self.record("elbow"), source, enabled=cfg.do_elbow, k_range=cfg.k_range,
-                  seed=cfg.seed, key=cfg.stage_key("elbow")),
-        )  # fmt: skip
-        if curve.inertias and curve.knee is None and cfg.k is None:
-            logger.warning("no clear knee in the inertia curve; using k=%d (set --k to choose)",
-                           cfg.k_range[0])  # fmt: skip
-        k = cfg.k or curve.knee or cfg.k_range[0]
-        km = yield from self.stage(
-            "cluster",
-            cluster(self.record("cluster"), source, k, seed=cfg.seed,
-                    key=cfg.stage_key("cluster"), out_dir=out),
-        )  # fmt: skip
-        del source
-        names = [os.fsdecode(n) for n in pixels.names()]
-        from stream_cluster.stages.report import report_stage  # imports matplotlib: only now
+    def embed(
+        self, run: Runner, px: Pixels, mem_plan: MemoryPlan, n_keep: int, pca_key: Any
+    ) -> Generator[Progress, None, RowStore]:
+        return self._embed(self.layout, n_keep, pca_key, len(px.names))
 
-        sizes = yield from self.stage(
-            "report",
-            report_stage(out, cfg, pixels, names, km, skipped, n_keep=n_keep, k=k,
-                         pca=pca_rec.data, elbow=curve, peak=self._peak(),
-                         sample=self.sampler.sample, features=features),
-        )  # fmt: skip
-        stages = self.state.data["stages"]
-        result = RunResult(
-            out_dir=out, n_images=len(names), n_skipped=len(skipped), n_components=n_keep,
-            explained_variance=float(pca_rec.get("explained_variance")), k=k,
-            inertia=km.inertia, cluster_sizes=[int(x) for x in sizes], elbow=dict(curve.inertias),
-            peak_rss=self._peak(),
-            stage_seconds={s: float(stages.get(s, {}).get("seconds", 0.0)) for s in STAGES},
-        )  # fmt: skip
-        write_run_json(out, cfg, mem_plan, stages, STAGES, self._peak(), result, curve.knee)
-        self._write_dask_section(layout, n_workers)
-        self.record("report").update(done=True)
-        return result
-
-    def _peak(self) -> int:
-        stages = self.state.data["stages"].values()
-        return max([self.sampler.peak, *[int(r.get("peak_rss", 0)) for r in stages]])
+    def finish(self, run: Runner) -> None:
+        self._write_dask_section(self.layout, self.n_workers)
 
     def _layout(
         self, mem_plan: Any, root: str, files: list[str]
@@ -481,7 +384,7 @@ class _DaskRun:
             "workers": n_workers,
             "layout": layout.as_dict(),
             "worker_peak_rss_bytes": {w: int(p["peak"]) for w, p in self.peaks.items()},
-            "client_peak_rss_bytes": self._peak(),
+            "client_peak_rss_bytes": self.run.peak(),
             **{k: rec.get(k) for k in ("work", "fits", "merges", "scatter", "transfers")},
         }
         atomic_write_bytes(path, json.dumps(doc, indent=1).encode())
