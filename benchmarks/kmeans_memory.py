@@ -121,7 +121,7 @@ def _env() -> dict[str, str]:
 
 
 def main() -> None:
-    from stream_cluster.memory.budget import PARENT_BASE_BYTES, _kmeans_bytes
+    from stream_cluster.memory.stage_bytes import PARENT_BASE_BYTES, _kmeans_bytes
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, nargs="+", default=[8121, 32484, 100000])

@@ -40,7 +40,7 @@ from stream_cluster.pca.streaming import StreamingPCA
 from stream_cluster.storage.checkpoint import load_arrays, save_arrays
 from stream_cluster.storage.store import RowStore
 
-PIXEL_SCALE = np.float32(1.0 / 255.0)  # as stream_cluster.runner.pipeline: uint8 -> float32 in 0..1
+PIXEL_SCALE = np.float32(1.0 / 255.0)  # as stream_cluster.images.decode: uint8 -> float32 in 0..1
 WIDTH, HEIGHT = 300, 430
 DECODE_SEGMENT = 512  # rows per pixel-store segment when decoding a corpus
 ANGLE_COMPONENTS = 100

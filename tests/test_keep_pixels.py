@@ -16,8 +16,9 @@ import pytest
 
 from stream_cluster import ConfigError, RunConfig, run
 from stream_cluster.errors import BudgetError, SourceChangedError, StoreError
-from stream_cluster.memory.budget import PIPE_SEGMENT_ROWS, plan_memory
+from stream_cluster.memory.budget import plan_memory
 from stream_cluster.memory.planner import disk_need
+from stream_cluster.memory.stage_bytes import PIPE_SEGMENT_ROWS
 from stream_cluster.runner.pipeline import iter_run
 from stream_cluster.stages.keep_pixels_never import PixelPipe, SourcePixels
 

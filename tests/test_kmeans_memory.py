@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from benchmarks.kmeans_memory import make_features, measure, write_store
-from stream_cluster.memory.budget import _kmeans_bytes, _resident
+from stream_cluster.memory.stage_bytes import _kmeans_bytes, _resident
 from stream_cluster.model.kmeans import (
     _SLACK,
     ASSIGN_BATCH,

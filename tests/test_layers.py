@@ -1,4 +1,4 @@
-"""The package's layering: import-linter's contracts and no import circle."""
+"""The package's layering: import-linter's contracts, no import circle, modules of readable size."""
 
 from __future__ import annotations
 
@@ -100,3 +100,11 @@ def test_cycle_finder_finds_a_circle() -> None:
         graph.add_import(importer=a, imported=b)
     assert _cycles(graph) == [["p.a", "p.b", "p.c"]]
 
+
+
+def test_modules_stay_readable() -> None:
+    """Check that no module is over 400 lines and the runner (its stage sequence) is under 250."""
+    sizes = {p.relative_to(PACKAGE).as_posix(): len(p.read_text(encoding="utf-8").splitlines())
+             for p in PACKAGE.rglob("*.py")}  # fmt: skip
+    assert {m: n for m, n in sizes.items() if n > 400} == {}
+    assert sizes["runner/sequence.py"] < 250

@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from stream_cluster.report.cluster_pages import write_cluster_pages
 from stream_cluster.report.mapview import (
     cluster_colours,
     embed_2d,
@@ -18,7 +19,7 @@ from stream_cluster.report.mapview import (
     place_by_neighbours,
     quantize,
 )
-from stream_cluster.report.pages import cluster_page_name, write_cluster_pages
+from stream_cluster.report.pages import cluster_page_name
 from stream_cluster.report.thumbs import (
     ThumbSize,
     cluster_order,

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from stream_cluster.errors import StoreError
+from stream_cluster.storage.atomic import write_h5_atomically
 from stream_cluster.storage.store import (
     AUTO_UINT8,
     COMPRESSIONS,
@@ -19,7 +20,6 @@ from stream_cluster.storage.store import (
     chunk_rows,
     resolve_compression,
     store_io_bytes,
-    write_h5_atomically,
 )
 
 from .store_contract import RowStoreContract

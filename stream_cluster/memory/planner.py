@@ -16,7 +16,8 @@ import numpy as np
 from stream_cluster.config import RunConfig
 from stream_cluster.errors import BudgetError
 from stream_cluster.images.decode_memory import DECODE_MEMORY_CAP, decode_cost_bound
-from stream_cluster.memory.budget import MAX_SEGMENT_ROWS, MemoryPlan, plan_memory
+from stream_cluster.memory.budget import MemoryPlan, plan_memory
+from stream_cluster.memory.stage_bytes import MAX_SEGMENT_ROWS
 from stream_cluster.storage.store import resolve_compression
 
 __all__ = ["disk_need", "plan", "plan_folder", "plan_run"]

@@ -21,7 +21,7 @@ import numpy as np
 from stream_cluster._version import __version__
 from stream_cluster.errors import StoreError
 from stream_cluster.model.kmeans import KMeansResult
-from stream_cluster.storage.store import write_h5_atomically
+from stream_cluster.storage.atomic import write_h5_atomically
 
 __all__ = [
     "FORMAT",

@@ -14,7 +14,8 @@ from typing import Any
 
 from stream_cluster.config import RunConfig, format_bytes
 from stream_cluster.errors import BudgetError
-from stream_cluster.memory.budget import PARENT_BASE_BYTES, SAFETY, MemoryPlan
+from stream_cluster.memory.budget import MemoryPlan
+from stream_cluster.memory.stage_bytes import PARENT_BASE_BYTES, SAFETY
 
 __all__ = [
     "SHARD_BATCHES",

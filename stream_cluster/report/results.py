@@ -22,7 +22,7 @@ from stream_cluster._version import __version__
 from stream_cluster.config import RunConfig, fingerprint
 from stream_cluster.memory.budget import MemoryPlan
 from stream_cluster.model.kmeans import KMeansResult
-from stream_cluster.storage.store import atomic_write_bytes
+from stream_cluster.storage.atomic import atomic_write_bytes
 
 __all__ = ["RunResult", "write_csv", "write_labels", "write_run_json", "write_skipped"]
 

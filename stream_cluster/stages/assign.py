@@ -29,12 +29,12 @@ from stream_cluster.images.decode import (
     decode_worker_bytes,
 )
 from stream_cluster.images.scan import scan
-from stream_cluster.memory.budget import SAFETY, WORKER_BASE_BYTES, embed_bytes
+from stream_cluster.memory.stage_bytes import SAFETY, WORKER_BASE_BYTES, embed_bytes
 from stream_cluster.model.fitted import FittedModel, assign_batch, load_model
 from stream_cluster.parallel.executor import Executor, InlineExecutor, LocalExecutor
 from stream_cluster.stages.base import Progress, run_to_end
 from stream_cluster.stages.ingest import CHUNK, decode_in_order
-from stream_cluster.storage.store import atomic_write_bytes
+from stream_cluster.storage.atomic import atomic_write_bytes
 
 __all__ = [
     "AssignResult",

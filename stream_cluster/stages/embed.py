@@ -14,8 +14,8 @@ import numpy as np
 from stream_cluster.images.decode import PIXEL_SCALE
 from stream_cluster.pca.streaming import StreamingPCA
 from stream_cluster.stages.base import Progress, StageRecord
-from stream_cluster.storage.rows import RowSource
-from stream_cluster.storage.store import RowsOf, RowStore
+from stream_cluster.storage.rows import RowsOf, RowSource
+from stream_cluster.storage.store import RowStore
 
 __all__ = ["embed", "feature_store"]
 

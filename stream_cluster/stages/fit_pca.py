@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from stream_cluster.images.decode import PIXEL_SCALE
-from stream_cluster.memory.budget import READ_ROWS
+from stream_cluster.memory.stage_bytes import READ_ROWS
 from stream_cluster.pca.streaming import StreamingPCA
 from stream_cluster.stages.base import Background, Progress, StageRecord, same_key
 from stream_cluster.storage.checkpoint import open_arrays, save_arrays

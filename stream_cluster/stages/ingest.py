@@ -26,8 +26,9 @@ from stream_cluster.images.decode import DECODE_MEMORY_CAP, DecodeChunk, DecodeT
 from stream_cluster.images.scan import file_signatures
 from stream_cluster.parallel.executor import Executor, InlineExecutor, LocalExecutor
 from stream_cluster.stages.base import Progress, StageRecord
+from stream_cluster.storage.atomic import atomic_write_bytes
 from stream_cluster.storage.rows import RowSink
-from stream_cluster.storage.store import RowStore, atomic_write_bytes
+from stream_cluster.storage.store import RowStore
 
 __all__ = [
     "CHUNK",

@@ -26,7 +26,7 @@ from stream_cluster.images.decode import DECODE_MEMORY_CAP, DecodeTask, decode_m
 from stream_cluster.parallel.executor import Executor, InlineExecutor, LocalExecutor
 from stream_cluster.stages.base import StageRecord
 from stream_cluster.stages.ingest import CHUNK, decode_in_order
-from stream_cluster.storage.store import atomic_write_bytes
+from stream_cluster.storage.atomic import atomic_write_bytes
 
 __all__ = ["PixelPipe", "SourcePixels", "rewind_ingest"]
 

@@ -26,6 +26,7 @@ from stream_cluster.config import RunConfig, format_bytes
 from stream_cluster.images.decode import PIXEL_SCALE
 from stream_cluster.model.format import Preprocessing, cluster_statistics, write_model
 from stream_cluster.model.kmeans import KMeansResult
+from stream_cluster.report.cluster_pages import write_cluster_pages
 from stream_cluster.report.mapview import (
     MAP_DIMS,
     MAP_SAMPLE,
@@ -34,22 +35,16 @@ from stream_cluster.report.mapview import (
     leading_columns,
     quantize,
 )
+from stream_cluster.report.memory_plot import MEMORY_CSV_HEADER, plot_memory_timeline
 from stream_cluster.report.montage import MontageLayout, display_name, montage_layout, write_montage
 from stream_cluster.report.pages import (
     PER_PAGE,
     ClusterRow,
     MapData,
     cluster_page_name,
-    write_cluster_pages,
     write_index_html,
 )
-from stream_cluster.report.plots import (
-    MEMORY_CSV_HEADER,
-    plot_cluster_sizes,
-    plot_elbow,
-    plot_memory_timeline,
-    plot_variance,
-)
+from stream_cluster.report.plots import plot_cluster_sizes, plot_elbow, plot_variance
 from stream_cluster.report.results import write_labels, write_skipped
 from stream_cluster.report.thumbs import (
     ClusterOrder,
@@ -60,8 +55,8 @@ from stream_cluster.report.thumbs import (
 from stream_cluster.stages.base import Progress
 from stream_cluster.stages.clustering import SILHOUETTE_SAMPLE, Elbow
 from stream_cluster.storage.checkpoint import open_arrays
-from stream_cluster.storage.rows import RowSource
-from stream_cluster.storage.store import RowsOf, RowStore
+from stream_cluster.storage.rows import RowsOf, RowSource
+from stream_cluster.storage.store import RowStore
 
 __all__ = [
     "MEMORY_CSV_HEADER",

@@ -31,8 +31,9 @@ from stream_cluster.parallel.dask_executor import worker_stats
 from stream_cluster.pca.streaming import StreamingPCA
 from stream_cluster.stages.fit_pca import load_pca, read_scaled
 from stream_cluster.stages.ingest import CHUNK
+from stream_cluster.storage.atomic import atomic_write_bytes, fsync_dir
 from stream_cluster.storage.checkpoint import open_arrays, save_arrays
-from stream_cluster.storage.store import RowStore, atomic_write_bytes, fsync_dir
+from stream_cluster.storage.store import RowStore
 
 __all__ = [
     "EmbedJob",

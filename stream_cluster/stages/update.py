@@ -29,8 +29,8 @@ from stream_cluster.errors import CheckpointMismatchError
 from stream_cluster.images.scan import file_signatures
 from stream_cluster.model.kmeans import KMeansResult
 from stream_cluster.stages.ingest import ORDER_SEED, processing_order
+from stream_cluster.storage.atomic import atomic_write_bytes, fsync_dir
 from stream_cluster.storage.checkpoint import RunState, load_arrays, save_arrays
-from stream_cluster.storage.store import atomic_write_bytes, fsync_dir
 
 __all__ = [
     "Change",

@@ -22,7 +22,7 @@ import h5py
 import numpy as np
 
 from stream_cluster.errors import RunLockedError, StoreError
-from stream_cluster.storage.store import atomic_write_bytes, write_h5_atomically
+from stream_cluster.storage.atomic import atomic_write_bytes, write_h5_atomically
 
 __all__ = ["RunLock", "RunState", "load_arrays", "open_arrays", "save_arrays"]
 

@@ -15,33 +15,26 @@ wrong pixels. The codec choice and its costs are measured in ``benchmarks/codecs
 
 from __future__ import annotations
 
-import errno
 import logging
-import os
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import h5py
 import numpy as np
 
-from stream_cluster.errors import CorruptSegmentError, DiskFullError, StoreError
-from stream_cluster.storage.rows import RowSource
+from stream_cluster.errors import CorruptSegmentError, StoreError
+from stream_cluster.storage.atomic import write_h5_atomically
 
 __all__ = [
     "AUTO_UINT8",
     "CHUNK_BYTES",
     "COMPRESSIONS",
     "RowStore",
-    "RowsOf",
-    "atomic_write_bytes",
     "chunk_rows",
-    "fsync_dir",
-    "raise_if_disk_full",
     "resolve_compression",
     "store_io_bytes",
-    "write_h5_atomically",
 ]
 
 logger = logging.getLogger(__name__)
@@ -66,87 +59,6 @@ _PLUGIN_CODECS = frozenset({"lz4", "zstd"})
 #: Raw-data chunk cache per open segment. Every read opens the file and reads each chunk once,
 #: so a cache only costs memory (HDF5 2.0's default is 8 MiB per open dataset).
 _RDCC_NBYTES = 0
-
-
-def fsync_dir(path: Path) -> None:
-    """Make a rename inside ``path`` durable (POSIX needs the directory fsynced)."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def raise_if_disk_full(exc: BaseException, where: Path, needed: int | None = None) -> None:
-    """Turn an out-of-space OSError (h5py wraps them) into a DiskFullError that says what to do."""
-    text = str(exc)
-    if isinstance(exc, OSError) and (
-        exc.errno in (errno.ENOSPC, errno.EDQUOT) or "No space left" in text or "quota" in text
-    ):
-        need = f" About {needed / 2**20:.0f} MiB more is needed." if needed else ""
-        raise DiskFullError(
-            f"No space left on the device while writing to {where}.{need} Free some space and "
-            f"rerun the same command: finished work is kept and the run resumes."
-        ) from exc
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temp file + fsync + rename, so readers see old or new."""
-    tmp = path.with_name(path.name + ".partial")
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise_if_disk_full(exc, path.parent, len(data))
-        raise
-    fsync_dir(path.parent)
-
-
-def write_h5_atomically(
-    path: Path,
-    fill: Callable[[h5py.File], None],
-    needed: int | None = None,
-    rdcc_nbytes: int | None = None,
-) -> None:
-    """Write an HDF5 file via ``*.partial``, flush, fsync and rename, marking it complete.
-
-    ``fill(f)`` writes the content; a reader trusts only files with ``attrs["complete"] == 1``.
-    On any error the partial file is deleted and out-of-space becomes a DiskFullError.
-    ``rdcc_nbytes`` is accepted for compatibility; the chunk cache is always off when writing.
-    """
-    tmp = path.with_name(path.name + ".partial")
-    # HDF5 buffers small raw writes (sieve buffer, chunk cache) until the dataset is closed,
-    # and h5py drops errors raised then: on a full disk a small file was committed torn
-    # without an error (tests/test_faults_disk.py). With both buffers off, every write fails
-    # where it happens.
-    fapl = h5py.h5p.create(h5py.h5p.FILE_ACCESS)
-    fapl.set_sieve_buf_size(0)
-    fapl.set_cache(0, 0, 0, 0.75)
-    fapl.set_fclose_degree(h5py.h5f.CLOSE_STRONG)
-    try:
-        fid = h5py.h5f.create(os.fsencode(tmp), h5py.h5f.ACC_TRUNC, fapl=fapl)
-        with h5py.File(fid) as f:
-            fill(f)
-            f.attrs["complete"] = 1
-            f.flush()
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException as exc:
-        tmp.unlink(missing_ok=True)
-        if isinstance(exc, OSError):
-            raise_if_disk_full(exc, path.parent, needed)
-        raise
-    fsync_dir(path.parent)
 
 
 def resolve_compression(compression: str, dtype: np.dtype | type) -> str:
@@ -446,46 +358,3 @@ class RowStore:
             for seg in self._segments[n_segments:]:
                 seg.path.unlink(missing_ok=True)
             self._segments = self._segments[:n_segments]
-
-
-class RowsOf:
-    """A read-only view of some rows of a RowStore (ascending indices), read as if contiguous.
-
-    After a run grows, the current images are a subset of the pixel store's rows; the report
-    reads them through this view. Consecutive rows are read together.
-    """
-
-    def __init__(self, store: RowSource, rows: np.ndarray) -> None:
-        self.store = store
-        self.rows = np.asarray(rows, dtype=np.int64)
-        self.row_size = store.row_size
-        self.dtype = store.dtype
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def read(self, start: int, stop: int, out: np.ndarray | None = None) -> np.ndarray:
-        """View rows ``[start, stop)``."""
-        idx = self.rows[start:stop]
-        if out is None:
-            out = np.empty((len(idx), self.row_size), dtype=self.dtype)
-        breaks = np.nonzero(np.diff(idx) != 1)[0] + 1
-        for run in np.split(np.arange(len(idx)), breaks):
-            if len(run):
-                lo = int(idx[run[0]])
-                self.store.read(lo, lo + len(run), out=out[run[0] : run[-1] + 1])
-        return out[: len(idx)]
-
-    def names(self) -> list[bytes]:
-        """Names of the view's rows."""
-        names = self.store.names()
-        return [names[i] for i in self.rows]
-
-    def read_rows(self, indices: Sequence[int]) -> np.ndarray:
-        """View rows at arbitrary positions, in the order given."""
-        return self.store.read_rows([int(self.rows[i]) for i in indices])
-
-    def iter_batches(self, batch_size: int, start: int = 0) -> Iterator[tuple[int, np.ndarray]]:
-        """Yield ``(offset, rows)`` for consecutive batches of the view."""
-        for lo in range(start, len(self), batch_size):
-            yield lo, self.read(lo, lo + batch_size)
