@@ -2,11 +2,30 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
+
+# How many threads BLAS and OpenMP use. Results are bitwise reproducible for one thread count
+# (README, "Reproducibility"), and a Dask LocalCluster started in this process writes these into
+# os.environ: every command a later test starts would inherit them.
+_THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+_STARTING_THREADS = {k: os.environ.get(k) for k in _THREAD_VARS}
+
+
+@pytest.fixture(autouse=True)
+def _thread_settings_kept() -> Iterator[None]:
+    """Give every test the thread settings the session started with."""
+    yield
+    for key, value in _STARTING_THREADS.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
 
 
 def make_shapes_corpus(root: Path, n: int = 60, size: tuple[int, int] = (24, 32),

@@ -11,10 +11,12 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import re
 import shutil
 import stat
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -245,7 +247,10 @@ class Nobody:
     Pytest's ``tmp_path`` (0700) and this worktree may be unreachable for ``nobody``, so the
     package is copied into the scratch folder. When the interpreter itself is unreachable (a
     pyenv Python under ``/root``, which is 0700), its installation folder is bind-mounted
-    read-only inside the scratch folder. Everything is undone on exit.
+    read-only inside the scratch folder. From a virtualenv, ``nobody`` gets a virtualenv of its
+    own in the scratch folder: a ``pyvenv.cfg`` naming that interpreter and this virtualenv's
+    site-packages (bind-mounted read-only when unreachable), so it imports exactly what the
+    tests import. Everything is undone on exit.
     """
 
     def __init__(self) -> None:
@@ -253,7 +258,7 @@ class Nobody:
         if shutil.which("setpriv") is None:
             pytest.fail("setpriv (util-linux) is not installed: cannot run as nobody")
         self.base = Path(tempfile.mkdtemp(prefix="sc-nobody-", dir="/tmp"))
-        self._mounted: Path | None = None
+        self._mounted: list[Path] = []
         self.python = Path(sys.executable)
         self.env: dict[str, str] = {}
 
@@ -265,6 +270,19 @@ class Nobody:
             raise
         return self
 
+    def _mount(self, source: Path, target: Path) -> None:
+        """Bind-mount ``source`` read-only at ``target`` (a bind mount keeps its mode bits)."""
+        if source.stat().st_mode & 0o005 != 0o005:
+            pytest.fail(f"{source} is not readable by others: nobody cannot use it")
+        target.mkdir(parents=True)
+        for cmd in (["mount", "--bind", str(source), str(target)],
+                    ["mount", "-o", "remount,bind,ro", str(target)]):  # fmt: skip
+            r = subprocess.run(cmd, capture_output=True, text=True)
+            if r.returncode:
+                pytest.fail(f"cannot bind-mount {source} for nobody: {r.stderr}")
+            if target not in self._mounted:
+                self._mounted.append(target)
+
     def _setup(self) -> None:
         os.chmod(self.base, 0o755)
         shutil.copytree(ROOT / "stream_cluster", self.base / "stream_cluster",
@@ -274,29 +292,49 @@ class Nobody:
         home = self.writable("home")
         self.env = {"PATH": "/usr/bin:/bin", "HOME": str(home), "MPLCONFIGDIR": str(home),
                     "PYTHONPATH": str(self.base), "LANG": "C.UTF-8"}  # fmt: skip
-        if sys.prefix != sys.base_prefix:
-            pytest.fail("running as nobody from a virtualenv is not handled by this helper")
-        real = Path(sys.executable).resolve()
+        real = Path(sys.executable).resolve()  # a virtualenv's python links to its base's
+        self.python = real
         if not _reachable_by_others(real):
-            prefix = Path(sys.prefix).resolve()
-            if prefix.stat().st_mode & 0o005 != 0o005:  # a bind mount keeps these bits
-                pytest.fail(f"the Python installation {prefix} is not readable by others")
+            prefix = Path(sys.base_prefix).resolve()
             mnt = self.base / "python"
-            mnt.mkdir()
-            for cmd in (["mount", "--bind", str(prefix), str(mnt)],
-                        ["mount", "-o", "remount,bind,ro", str(mnt)]):  # fmt: skip
-                r = subprocess.run(cmd, capture_output=True, text=True)
-                if r.returncode:
-                    pytest.fail(f"cannot bind-mount the interpreter for nobody: {r.stderr}")
-                self._mounted = mnt
+            self._mount(prefix, mnt)
             self.python = mnt / real.relative_to(prefix)
             # its RUNPATH names the unreachable original location of libpython
             self.env["LD_LIBRARY_PATH"] = str(mnt / "lib")
+        if sys.prefix != sys.base_prefix:
+            self.python = self._virtualenv(self.python)
         probe = subprocess.run([*NOBODY, "env", "-i", *self._env_args(), str(self.python), "-c",
-                                "import stream_cluster, h5py, cv2, sklearn"],
+                                "import h5py, cv2, sklearn, stream_cluster; "
+                                "print(stream_cluster.__file__)"],
                                capture_output=True, text=True, cwd=self.base)  # fmt: skip
         if probe.returncode:
             pytest.fail(f"nobody cannot import the package: {probe.stderr.strip()[-500:]}")
+        if not probe.stdout.strip().startswith(package):
+            pytest.fail(f"nobody imports another copy of the package: {probe.stdout.strip()}")
+
+    def _virtualenv(self, python: Path) -> Path:
+        """A virtualenv for nobody over ``python`` with this virtualenv's site-packages."""
+        venv = self.base / "venv"
+        (venv / "bin").mkdir(parents=True)
+        (venv / "bin" / "python").symlink_to(python)
+        cfg = (Path(sys.prefix) / "pyvenv.cfg").read_text(encoding="utf-8")
+        system = re.search(r"^include-system-site-packages\s*=\s*(\w+)", cfg, re.M)
+        (venv / "pyvenv.cfg").write_text(
+            f"home = {python.parent}\n"
+            f"include-system-site-packages = {system.group(1) if system else 'false'}\n",
+            encoding="utf-8",
+        )
+        paths = sysconfig.get_paths()
+        for site in sorted({Path(paths["purelib"]), Path(paths["platlib"])}):
+            target = venv / site.relative_to(sys.prefix)
+            if target.exists() or not site.is_dir():
+                continue
+            if _reachable_by_others(site):
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.symlink_to(site)
+            else:
+                self._mount(site, target)
+        return venv / "bin" / "python"
 
     def _env_args(self) -> list[str]:
         return [f"{k}={v}" for k, v in self.env.items()]
@@ -319,11 +357,11 @@ class Nobody:
                                timeout=timeout)  # fmt: skip
 
     def __exit__(self, *exc: object) -> None:
-        if self._mounted is not None:
-            if subprocess.run(["umount", str(self._mounted)], capture_output=True).returncode:
-                subprocess.run(["umount", "-l", str(self._mounted)], capture_output=True)
-            self._mounted.rmdir()
-            self._mounted = None
+        for mnt in reversed(self._mounted):
+            if subprocess.run(["umount", str(mnt)], capture_output=True).returncode:
+                subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+            mnt.rmdir()
+        self._mounted = []
         for folder, dirs, _ in os.walk(self.base):  # chmod-000 folders must be opened to go
             for d in dirs:
                 p = os.path.join(folder, d)

