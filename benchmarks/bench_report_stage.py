@@ -19,11 +19,11 @@ from pathlib import Path
 
 import numpy as np
 
-from stream_cluster.clustering import load_kmeans
-from stream_cluster.mapview import embed_2d, leading_columns
-from stream_cluster.report import ReportInputs, write_report
-from stream_cluster.store import RowStore
-from stream_cluster.thumbs import cluster_order, write_thumbnails
+from stream_cluster.report.mapview import embed_2d, leading_columns
+from stream_cluster.report.thumbs import cluster_order, write_thumbnails
+from stream_cluster.stages.clustering import load_kmeans
+from stream_cluster.stages.report import ReportInputs, write_report
+from stream_cluster.storage.store import RowStore
 
 
 def _timed(label: str, fn: object) -> None:

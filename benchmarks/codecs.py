@@ -280,11 +280,11 @@ def run_cases(
 def run_store(
     rows: np.ndarray, codecs: list[str], work: Path, repeats: int, segment_rows: int
 ) -> list[dict[str, float]]:
-    """The same measurements through ``stream_cluster.store.RowStore`` itself (fsync included).
+    """The same measurements through ``stream_cluster.storage.RowStore`` itself (fsync included).
 
     Reads allocate their result as the pipeline's calls do (``RowStore.read(lo, hi)``).
     """
-    from stream_cluster.store import RowStore
+    from stream_cluster.storage.store import RowStore
 
     mb = rows.nbytes / 1e6
     times: dict[str, dict[str, list[tuple[float, float]]]] = {c: {} for c in codecs}
@@ -451,7 +451,7 @@ def main(argv: list[str] | None = None) -> int:
             False,
         )
         store_note = (
-            "`stream_cluster.store.RowStore` as shipped (chunks of ~1 MiB, Fletcher-32, no chunk "
+            "`stream_cluster.storage.RowStore` as shipped (chunks of ~1 MiB, Fletcher-32, no chunk "
             "cache, fsync per segment in the write column), reads allocating their result."
         )
         section(f"RowStore on {len(clip)} clip-art images", store_note, clip, kept_store, False)

@@ -25,9 +25,10 @@ from pathlib import Path
 import numpy as np
 
 from stream_cluster.config import format_bytes, parse_mem
-from stream_cluster.fitted import assign, load_model, similar
-from stream_cluster.memprofile import MemorySampler
-from stream_cluster.store import RowStore
+from stream_cluster.memory.sampler import MemorySampler
+from stream_cluster.model.fitted import load_model, similar
+from stream_cluster.stages.assign import assign
+from stream_cluster.storage.store import RowStore
 
 
 def _assign(args: argparse.Namespace) -> None:

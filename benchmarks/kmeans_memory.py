@@ -4,11 +4,11 @@
         [--modes array load stream] [--batch 1024]
 
 For each case a child process imports the package, resets the kernel's RSS high-water mark
-(``/proc/self/clear_refs``), runs :func:`stream_cluster.kmeans.fit_kmeans` once (or an elbow
+(``/proc/self/clear_refs``), runs :func:`stream_cluster.model.kmeans.fit_kmeans` once (or an elbow
 sweep over k = 2..k with ``--sweep``) and reports ``VmHWM`` minus the RSS after imports. The
 features are Gaussian blobs (15 centres, float32): memory depends on the shapes, not the values,
 and blobs converge in a few Lloyd iterations where uniform noise takes hundreds. Modes are those
-of :attr:`~stream_cluster.kmeans.FeatureSource.mode`: ``array`` (a float32 array the caller
+of :attr:`~stream_cluster.model.kmeans.FeatureSource.mode`: ``array`` (a float32 array the caller
 holds, generated in the child after the baseline), ``load`` (a store loaded as float64 for each
 fit) and ``stream`` (MiniBatchKMeans over store batches). Prints one JSON line per case.
 """
@@ -30,8 +30,8 @@ _CHILD = """
 import gc, json, sys
 import numpy as np
 from pathlib import Path
-from stream_cluster.kmeans import FeatureSource, fit_kmeans
-from stream_cluster.store import RowStore
+from stream_cluster.model.kmeans import FeatureSource, fit_kmeans
+from stream_cluster.storage.store import RowStore
 from benchmarks.kmeans_memory import make_features
 
 def status(key):
@@ -75,7 +75,7 @@ def make_features(n: int, d: int, seed: int = 0, centres: int = 15) -> np.ndarra
 
 def write_store(directory: Path, n: int, d: int, segment_rows: int = 512) -> None:
     """Write :func:`make_features` rows into a float32 RowStore at ``directory``."""
-    from stream_cluster.store import RowStore
+    from stream_cluster.storage.store import RowStore
 
     x = make_features(n, d)
     store = RowStore(directory, d, np.float32)
@@ -121,7 +121,7 @@ def _env() -> dict[str, str]:
 
 
 def main() -> None:
-    from stream_cluster.budget import PARENT_BASE_BYTES, _kmeans_bytes
+    from stream_cluster.memory.stage_bytes import PARENT_BASE_BYTES, _kmeans_bytes
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, nargs="+", default=[8121, 32484, 100000])

@@ -15,7 +15,7 @@ Reported per shard count: explained variance (sum of the ratios) merged minus se
 principal angles between the top 100 components (``scipy.linalg.subspace_angles``), the time
 of each merge and its peak of allocated bytes (tracemalloc: numpy arrays, the result
 included), and the fit times. Resumable: every fitted model is saved as HDF5 under
-``OUT/fits`` (``stream_cluster.checkpoint.save_arrays``) and every shard count's figures in
+``OUT/fits`` (``stream_cluster.storage.checkpoint.save_arrays``) and every shard count's figures in
 ``OUT/merge-<s>.json``; a rerun reuses what matches. Writes ``OUT/results.json`` and prints a
 Markdown table.
 """
@@ -35,12 +35,12 @@ import h5py
 import numpy as np
 import scipy.linalg
 
-from stream_cluster._pca_merge import reduce_tree
-from stream_cluster.checkpoint import load_arrays, save_arrays
-from stream_cluster.pca import StreamingPCA
-from stream_cluster.store import RowStore
+from stream_cluster.pca._merge import reduce_tree
+from stream_cluster.pca.streaming import StreamingPCA
+from stream_cluster.storage.checkpoint import load_arrays, save_arrays
+from stream_cluster.storage.store import RowStore
 
-PIXEL_SCALE = np.float32(1.0 / 255.0)  # as stream_cluster.pipeline: uint8 -> float32 in 0..1
+PIXEL_SCALE = np.float32(1.0 / 255.0)  # as stream_cluster.images.decode: uint8 -> float32 in 0..1
 WIDTH, HEIGHT = 300, 430
 DECODE_SEGMENT = 512  # rows per pixel-store segment when decoding a corpus
 ANGLE_COMPONENTS = 100
@@ -59,8 +59,8 @@ def open_rows(run: Path | None, corpus: Path | None, out: Path) -> tuple[RowStor
             d = int(f["rows"].shape[1])
         return RowStore(pixels, d, np.uint8), f"run {run}"
     assert corpus is not None
-    from stream_cluster.decode import decode_image
-    from stream_cluster.scan import scan
+    from stream_cluster.images.decode import decode_image
+    from stream_cluster.images.scan import scan
 
     files = scan(corpus).files
     store = RowStore(out / "pixels", WIDTH * HEIGHT, np.uint8)

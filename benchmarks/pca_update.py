@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 from sklearn.decomposition import IncrementalPCA
 
-from stream_cluster.pca import StreamingPCA
-from stream_cluster.store import RowStore
+from stream_cluster.pca.streaming import StreamingPCA
+from stream_cluster.storage.store import RowStore
 
 
 def main() -> None:

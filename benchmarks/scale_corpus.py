@@ -33,7 +33,7 @@ import cv2
 import numpy as np
 
 from benchmarks.corpus import list_images
-from stream_cluster.decode import decode_image
+from stream_cluster.images.decode import decode_image
 
 __all__ = ["WIDTH", "HEIGHT", "augment", "main", "make_image", "output_path"]
 

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import stream_cluster.store as st
+import stream_cluster.storage.store as st
 
 __all__ = ["main"]
 
@@ -46,7 +46,7 @@ def main(argv: list[str]) -> int:
     totals: dict[str, list[float]] = {}
     for name in ("read", "append"):
         _timed(name, totals)
-    from stream_cluster._cli import main as cli
+    from stream_cluster._cli.main import main as cli
 
     try:
         return cli([*rest, "--out", out])

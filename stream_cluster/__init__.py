@@ -9,10 +9,9 @@ peak RSS of the whole process tree stays under the budget; interrupted runs resu
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
-from .config import RunConfig, parse_mem, parse_size  # noqa: E402
-from .errors import (  # noqa: E402
+from stream_cluster._version import __version__  # noqa: E402
+from stream_cluster.config import RunConfig, parse_mem, parse_size  # noqa: E402
+from stream_cluster.errors import (  # noqa: E402
     BudgetError,
     CheckpointMismatchError,
     ConfigError,
@@ -25,24 +24,24 @@ from .errors import (  # noqa: E402
 )
 
 _LAZY = {"ProgressEvent", "RunResult", "iter_run", "plan", "run"}
-_LAZY_USE = {"assign", "load_model", "similar"}
+_LAZY_USE = {"FittedModel", "load_model", "similar"}
 
 
 def __getattr__(name: str) -> object:
     # The pipeline pulls in scikit-learn, h5py, OpenCV and pyvips; import it on first use so
     # that `import stream_cluster.config` (and the CLI's --help) stays light.
     if name in _LAZY:
-        from . import pipeline
+        from stream_cluster.runner import pipeline
 
         return getattr(pipeline, name)
+    if name == "assign":
+        from stream_cluster.stages.assign import assign
+
+        return assign
     if name in _LAZY_USE:
-        from . import fitted
+        from stream_cluster.model import fitted
 
         return getattr(fitted, name)
-    if name == "FittedModel":
-        from .model import FittedModel
-
-        return FittedModel
     raise AttributeError(f"module 'stream_cluster' has no attribute {name!r}")
 
 

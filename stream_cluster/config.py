@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError
+from stream_cluster.errors import ConfigError
 
 __all__ = ["RunConfig", "format_bytes", "parse_k", "parse_k_range", "parse_mem", "parse_size"]
 
@@ -19,7 +19,7 @@ _UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
 _MEM_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:I?B)?\s*$", re.IGNORECASE)
 
 PCA_SOLVERS = ("gram", "sklearn")
-#: Pixel-store codecs (stream_cluster.store.COMPRESSIONS; "auto" is zstd for pixels).
+#: Pixel-store codecs (stream_cluster.storage.store.COMPRESSIONS; "auto" is zstd for pixels).
 STORE_COMPRESSIONS = ("auto", "none", "lz4", "zstd")
 #: ``--keep-pixels``: keep the decoded pixels in a store, or decode the images again instead.
 KEEP_PIXELS = ("always", "never")

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from stream_cluster.ingest import decode_many
+from stream_cluster.stages.ingest import decode_many
 
 
 def decode_or_die(

@@ -12,8 +12,8 @@ import signal
 from collections.abc import Callable
 from typing import Any
 
-import stream_cluster._dask_tasks as tasks
-from stream_cluster.pca import StreamingPCA
+import stream_cluster.stages.shard_tasks as tasks
+from stream_cluster.pca.streaming import StreamingPCA
 
 #: What can be made to kill its worker: a name and (owner, attribute) to wrap.
 TARGETS: dict[str, tuple[Any, str]] = {

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from stream_cluster import RunConfig, run
-from stream_cluster.checkpoint import RunState
 from stream_cluster.errors import CorruptSegmentError
+from stream_cluster.storage.checkpoint import RunState
 
 from .conftest import make_shapes_corpus
 
@@ -60,7 +60,7 @@ def test_corrupt_segment_without_its_source_stops_naming_it(tmp_path: Path) -> N
     _rot(out / "pixels" / "seg-000000.h5")
     import numpy as np
 
-    from stream_cluster.store import RowStore
+    from stream_cluster.storage.store import RowStore
 
     first = images / os.fsdecode(RowStore(out / "pixels", 2000, np.uint8).segment_names(0)[0])
     st = first.stat()  # the source no longer decodes, though its size and time look the same

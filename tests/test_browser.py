@@ -20,10 +20,10 @@ import pytest
 from playwright.sync_api import Browser, ConsoleMessage, Page, Request, sync_playwright
 
 from stream_cluster import RunConfig, run
-from stream_cluster.mapview import cluster_colours
-from stream_cluster.pages import ClusterRow, MapData, write_index_html
-from stream_cluster.plots import plot_cluster_sizes, plot_elbow, plot_variance
-from stream_cluster.thumbs import ThumbSize
+from stream_cluster.report.mapview import cluster_colours
+from stream_cluster.report.pages import ClusterRow, MapData, write_index_html
+from stream_cluster.report.plots import plot_cluster_sizes, plot_elbow, plot_variance
+from stream_cluster.report.thumbs import ThumbSize
 
 from .conftest import make_shapes_corpus
 

@@ -8,17 +8,17 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stream_cluster.budget import (
+from stream_cluster.config import parse_mem
+from stream_cluster.errors import BudgetError
+from stream_cluster.images.decode import DECODE_MEMORY_CAP
+from stream_cluster.memory.budget import plan_memory
+from stream_cluster.memory.stage_bytes import (
     MIN_KMEANS_BATCH,
     PARENT_BASE_BYTES,
     SAFETY,
     _kmeans_bytes,
-    plan_memory,
 )
-from stream_cluster.config import parse_mem
-from stream_cluster.decode import DECODE_MEMORY_CAP
-from stream_cluster.errors import BudgetError
-from stream_cluster.kmeans import ASSIGN_BATCH, kmeans_memory_bytes
+from stream_cluster.model.kmeans import ASSIGN_BATCH, kmeans_memory_bytes
 
 dims = st.tuples(st.integers(8, 600), st.integers(8, 600))
 

@@ -9,8 +9,8 @@ import h5py
 import numpy as np
 import pytest
 
-from stream_cluster.checkpoint import RunLock, RunState, load_arrays, save_arrays
 from stream_cluster.errors import RunLockedError, StoreError
+from stream_cluster.storage.checkpoint import RunLock, RunState, load_arrays, save_arrays
 
 
 def test_save_load_arrays_roundtrip(tmp_path: Path) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from stream_cluster._cli import main
+from stream_cluster._cli.main import main
 
 from .conftest import make_shapes_corpus
 

@@ -86,7 +86,7 @@ def test_store_timing_forces_codec_and_reports(
     import cv2
     import h5py
 
-    import stream_cluster.store as st
+    import stream_cluster.storage.store as st
     from benchmarks.store_timing import main
 
     # main() patches the store module for its process; undo that after this test.

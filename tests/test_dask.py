@@ -22,20 +22,20 @@ from sklearn.metrics import adjusted_rand_score
 
 import stream_cluster
 from stream_cluster import RunConfig
-from stream_cluster._cli import main
-from stream_cluster.checkpoint import load_arrays
-from stream_cluster.dask_executor import (
+from stream_cluster._cli.main import main
+from stream_cluster.errors import CheckpointMismatchError, ConfigError
+from stream_cluster.parallel.dask_executor import (
     LOST_WORKER_SECONDS,
     DaskExecutor,
     SharedStorageError,
     connect,
 )
-from stream_cluster.distributed import iter_run_dask
-from stream_cluster.errors import CheckpointMismatchError, ConfigError
-from stream_cluster.executor import WorkerDied
-from stream_cluster.fit_pca import load_pca, read_scaled
+from stream_cluster.parallel.executor import WorkerDied
 from stream_cluster.pca import StreamingPCA, merge_tree
-from stream_cluster.store import RowStore
+from stream_cluster.runner.dask_steps import iter_run_dask
+from stream_cluster.stages.fit_pca import load_pca, read_scaled
+from stream_cluster.storage.checkpoint import load_arrays
+from stream_cluster.storage.store import RowStore
 
 from . import dask_faults
 from .conftest import make_shapes_corpus

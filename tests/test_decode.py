@@ -1,4 +1,4 @@
-"""Tests for stream_cluster.decode: hostile files, geometry, colour, agreement, memory bound."""
+"""stream_cluster.images.decode: hostile files, geometry, colour, agreement, memory bound."""
 
 from __future__ import annotations
 
@@ -25,14 +25,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from stream_cluster import headers as headers_mod
-from stream_cluster.decode import (
+from stream_cluster.errors import ConfigError, DecodeError
+from stream_cluster.images import headers as headers_mod
+from stream_cluster.images.decode import (
     DECODE_MEMORY_CAP,
     decode_cost_bound,
     decode_image,
     decode_worker_bytes,
 )
-from stream_cluster.errors import ConfigError, DecodeError
 
 from .hostile import (
     IGNORED,
@@ -572,7 +572,7 @@ def test_decode_image_one_pixel_through_libvips(tmp_path: Path) -> None:
 _MEASURE = r"""
 import json, sys, time
 import cv2, numpy, pyvips
-from stream_cluster.decode import decode_image
+from stream_cluster.images.decode import decode_image
 from stream_cluster.errors import DecodeError
 
 def status(key):

@@ -13,7 +13,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from stream_cluster.executor import InlineExecutor, LocalExecutor, WorkerDied
+from stream_cluster.parallel.executor import InlineExecutor, LocalExecutor, WorkerDied
 
 from .executor_tasks import die_on_13, pid_after, square
 
@@ -49,7 +49,7 @@ def test_workers_exit_when_their_parent_dies(tmp_path: Path, sig: signal.Signals
     script.write_text(textwrap.dedent(f"""
         import sys, time
         sys.path.insert(0, {str(Path(__file__).parent.parent)!r})
-        from stream_cluster.executor import LocalExecutor
+        from stream_cluster.parallel.executor import LocalExecutor
         from tests.executor_tasks import square
         ex = LocalExecutor(2)
         list(ex.map_unordered(square, range(4)))

@@ -26,8 +26,8 @@ import cv2
 import numpy as np
 import pytest
 
-from stream_cluster._cli import main
-from stream_cluster.checkpoint import load_arrays
+from stream_cluster._cli.main import main
+from stream_cluster.storage.checkpoint import load_arrays
 
 from .conftest import make_shapes_corpus
 from .faults import (
@@ -215,9 +215,9 @@ _SMALL_WRITE = """
 import os, sys
 import numpy as np
 from pathlib import Path
-from stream_cluster.checkpoint import load_arrays, save_arrays
+from stream_cluster.storage.checkpoint import load_arrays, save_arrays
 from stream_cluster.errors import DiskFullError
-from stream_cluster.store import RowStore
+from stream_cluster.storage.store import RowStore
 
 disk, what, leave = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
 rows = (np.arange(12 * 4096) % 251).astype(np.uint8).reshape(12, 4096)  # 48 KiB segment

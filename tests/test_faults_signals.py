@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from stream_cluster._cli import GRACE_SECONDS, main
+from stream_cluster._cli.main import GRACE_SECONDS, main
 
 from .conftest import make_shapes_corpus
 from .faults import (
@@ -197,7 +197,7 @@ def test_stop_deadline_quits_when_the_run_cannot_unwind(tmp_path: Path) -> None:
     script.write_text(textwrap.dedent(f"""
         import ctypes, sys
         sys.path.insert(0, {str(ROOT)!r})
-        from stream_cluster._cli import _StopOnSignals
+        from stream_cluster._cli.main import _StopOnSignals
         with _StopOnSignals() as stop:
             stop.where = "RUN-FOLDER"
             print("ready", flush=True)
@@ -232,7 +232,7 @@ def test_stop_raised_inside_garbage_collection_is_raised_again(tmp_path: Path) -
     script.write_text(textwrap.dedent(f"""
         import os, signal, sys, time
         sys.path.insert(0, {str(ROOT)!r})
-        from stream_cluster._cli import _StopOnSignals
+        from stream_cluster._cli.main import _StopOnSignals
 
         class SignalsInFinalizer:
             def __del__(self):
@@ -259,7 +259,7 @@ def test_partial_files_left_by_a_kill_are_removed_at_the_next_start(
 ) -> None:
     """Check that ``*.partial`` files a kill -9 left behind are deleted once the lock is held."""
     from stream_cluster import RunConfig
-    from stream_cluster.pipeline import iter_run
+    from stream_cluster.runner.pipeline import iter_run
 
     out = tmp_path / "run"
     torn = [out / "state.json.partial", out / "pca-checkpoint.h5.partial",

@@ -15,10 +15,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from stream_cluster import RunConfig, assign, load_model, run, similar
-from stream_cluster._cli import main
+from stream_cluster._cli.main import main
 from stream_cluster.errors import InputError, StoreError
-from stream_cluster.model import FORMAT_VERSION
-from stream_cluster.store import RowStore
+from stream_cluster.model.format import FORMAT_VERSION
+from stream_cluster.storage.store import RowStore
 
 from .conftest import make_shapes_corpus
 from .precision import distances_close
@@ -167,7 +167,7 @@ def test_cli_assign_and_similar(fitted_run: tuple[Path, Path], tmp_path: Path) -
 def test_search_is_exact(tmp_path_factory: pytest.TempPathFactory, n_rows: int, n: int,
                          seed: int, dup: bool) -> None:
     """Check the blocked float32-then-float64 search against brute force in float64."""
-    from stream_cluster import fitted
+    from stream_cluster.model import search
 
     rng = np.random.default_rng(seed)
     x = rng.normal(size=(n_rows, 7)).astype(np.float32) * rng.uniform(0.01, 100)
@@ -177,12 +177,12 @@ def test_search_is_exact(tmp_path_factory: pytest.TempPathFactory, n_rows: int, 
     store = RowStore(tmp_path_factory.mktemp("s") / "f", 7, np.float32)
     for lo in range(0, n_rows, 37):
         store.append(x[lo : lo + 37], [b"r%d" % i for i in range(lo, min(lo + 37, n_rows))])
-    old = fitted.SEARCH_BLOCK
-    fitted.SEARCH_BLOCK = 50
+    old = search.SEARCH_BLOCK
+    search.SEARCH_BLOCK = 50
     try:
-        d, i = fitted._search(store, q, n)
+        d, i = search.nearest(store, q, n)
     finally:
-        fitted.SEARCH_BLOCK = old
+        search.SEARCH_BLOCK = old
     x64 = x.astype(np.float64)
     brute = np.maximum((x64 * x64).sum(1) - 2 * x64 @ q + q @ q, 0)
     order = np.lexsort((np.arange(n_rows), brute))[:n]

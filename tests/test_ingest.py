@@ -7,9 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
-from stream_cluster.executor import InlineExecutor, LocalExecutor
-from stream_cluster.ingest import CRASHED, DecodeTask, decode_in_order, decode_many, ingest
-from stream_cluster.store import RowStore
+from stream_cluster.parallel.executor import InlineExecutor, LocalExecutor
+from stream_cluster.stages.ingest import CRASHED, DecodeTask, decode_in_order, decode_many, ingest
+from stream_cluster.storage.store import RowStore
 
 from .conftest import make_shapes_corpus
 from .crashy import decode_or_die

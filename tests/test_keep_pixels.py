@@ -15,11 +15,12 @@ import numpy as np
 import pytest
 
 from stream_cluster import ConfigError, RunConfig, run
-from stream_cluster.budget import PIPE_SEGMENT_ROWS, plan_memory
 from stream_cluster.errors import BudgetError, SourceChangedError, StoreError
-from stream_cluster.pipeline import iter_run
-from stream_cluster.planner import disk_need
-from stream_cluster.transient import PixelPipe, SourcePixels
+from stream_cluster.memory.budget import plan_memory
+from stream_cluster.memory.planner import disk_need
+from stream_cluster.memory.stage_bytes import PIPE_SEGMENT_ROWS
+from stream_cluster.runner.pipeline import iter_run
+from stream_cluster.stages.keep_pixels_never import PixelPipe, SourcePixels
 
 from .conftest import make_shapes_corpus
 
@@ -263,7 +264,7 @@ def test_source_pixels_read_like_a_store(tmp_path: Path) -> None:
     images = tmp_path / "images"
     make_shapes_corpus(images, n=30, size=(24, 24))
     names = sorted(os.fsencode(str(p.relative_to(images))) for p in images.rglob("*.png"))
-    from stream_cluster.decode import decode_image
+    from stream_cluster.images.decode import decode_image
 
     want = np.stack([decode_image(images / os.fsdecode(n), 24, 24).reshape(-1) for n in names])
     with SourcePixels(images, names, 24, 24, workers=2) as src:
@@ -277,7 +278,7 @@ def test_source_pixels_read_like_a_store(tmp_path: Path) -> None:
 def test_similar_montage_without_a_store(tmp_path: Path) -> None:
     """``similar --montage`` on a run without a pixel store decodes its images from the input
     folder: the montage equals the one drawn from a stored run."""
-    from stream_cluster._cli import main
+    from stream_cluster._cli.main import main
 
     images = tmp_path / "images"
     make_shapes_corpus(images, n=60, size=(24, 24), seed=4)

@@ -10,14 +10,14 @@ from sklearn.cluster import KMeans
 from sklearn.datasets import make_blobs
 from sklearn.metrics import adjusted_rand_score
 
-from stream_cluster.kmeans import (
+from stream_cluster.model.kmeans import (
     FeatureSource,
     StreamingKMeans,
     assign,
     fit_kmeans,
     kmeans_memory_bytes,
 )
-from stream_cluster.store import RowStore
+from stream_cluster.storage.store import RowStore
 
 
 def _blobs(n: int = 600, k: int = 4) -> tuple[np.ndarray, np.ndarray]:

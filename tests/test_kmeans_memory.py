@@ -1,6 +1,6 @@
 """The k-means memory model against peaks measured in a fresh interpreter.
 
-Each case runs :func:`~stream_cluster.kmeans.fit_kmeans` in a child process (see
+Each case runs :func:`~stream_cluster.model.kmeans.fit_kmeans` in a child process (see
 ``benchmarks/kmeans_memory.py``) and compares the kernel's RSS high-water mark, reset after the
 imports, with the planner's model of the "kmeans" stage minus its interpreter baseline.
 """
@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 
 from benchmarks.kmeans_memory import make_features, measure, write_store
-from stream_cluster.budget import _kmeans_bytes, _resident
-from stream_cluster.kmeans import (
+from stream_cluster.memory.stage_bytes import _kmeans_bytes, _resident
+from stream_cluster.model.kmeans import (
     _SLACK,
     ASSIGN_BATCH,
     FeatureSource,
@@ -24,7 +24,7 @@ from stream_cluster.kmeans import (
     fit_kmeans,
     kmeans_memory_bytes,
 )
-from stream_cluster.store import RowStore
+from stream_cluster.storage.store import RowStore
 
 MiB = 2**20
 #: The model may exceed the measured peak by at most 2x plus this much (it stays useful).

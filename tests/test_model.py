@@ -11,15 +11,15 @@ import pytest
 
 from stream_cluster import RunConfig, run
 from stream_cluster.errors import StoreError
-from stream_cluster.kmeans import KMeansResult
-from stream_cluster.model import (
+from stream_cluster.model.fitted import FittedModel
+from stream_cluster.model.format import (
     FORMAT_VERSION,
     PERCENTILES,
-    FittedModel,
     Preprocessing,
     cluster_statistics,
 )
-from stream_cluster.pca import StreamingPCA
+from stream_cluster.model.kmeans import KMeansResult
+from stream_cluster.pca.streaming import StreamingPCA
 
 from .precision import assert_features_close
 
@@ -114,7 +114,7 @@ def test_run_writes_a_model_that_reproduces_its_labels(shapes_dir: Path, tmp_pat
     model = FittedModel.load(out / "model.h5")
     assert model.k == 3 and model.n_components == result.n_components
     assert model.cluster_sizes.tolist() == result.cluster_sizes
-    from stream_cluster.store import RowStore
+    from stream_cluster.storage.store import RowStore
 
     pixels = RowStore(out / "pixels", 320, np.uint8)
     features = RowStore(out / "features", result.n_components, np.float32)

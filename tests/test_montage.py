@@ -1,4 +1,4 @@
-"""Tests for stream_cluster.montage: display_name, grid layout and OpenCV-drawn montages."""
+"""Tests for stream_cluster.report.montage: display_name, grid layout and OpenCV-drawn montages."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from stream_cluster.errors import ConfigError
-from stream_cluster.montage import (
+from stream_cluster.report.montage import (
     MontageLayout,
     _fit_text,
     display_name,

@@ -1,4 +1,4 @@
-"""Tests for stream_cluster.pca: equivalence with sklearn's IncrementalPCA, state, memory model."""
+"""stream_cluster.pca.streaming: equivalence with sklearn's IncrementalPCA, state, memory model."""
 
 from __future__ import annotations
 
@@ -15,9 +15,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sklearn.decomposition import IncrementalPCA
 
-import stream_cluster._pca_kernels as kernels_mod
-from stream_cluster.decode import decode_image
+import stream_cluster.pca._kernels as kernels_mod
 from stream_cluster.errors import ConfigError, StoreError
+from stream_cluster.images.decode import decode_image
 from stream_cluster.pca import StreamingPCA, pca_memory_bytes
 
 CLIPART = Path("/usr/share/openclipart/png")
@@ -157,7 +157,7 @@ def test_streaming_pca_float32_route_at_large_width(
     """
     X = _spectrum_data(900, 12_000, 30 * np.logspace(0, -top, 120), seed=11, noise=1e-4)
     assert 501**2 * 12_000 > kernels_mod._FLOAT64_FLOPS  # the float32 route, not the small one
-    with caplog.at_level(logging.INFO, logger="stream_cluster.pca"):
+    with caplog.at_level(logging.INFO, logger="stream_cluster.pca.streaming"):
         ours, ref = _fit_both(X, 100, 400, block_columns=2048)
     assert not any("float64" in rec.getMessage() for rec in caplog.records)
     assert 2e-5 < ref.explained_variance_[-1] / ref.explained_variance_[0] < 5e-4
@@ -196,7 +196,7 @@ def test_streaming_pca_ill_conditioned_uses_float64(
     k, b = 110, 150
     ours = StreamingPCA(k, block_columns=128)
     ref = IncrementalPCA(k)
-    with caplog.at_level(logging.INFO, logger="stream_cluster.pca"):
+    with caplog.at_level(logging.INFO, logger="stream_cluster.pca.streaming"):
         for start in range(0, 600, b):
             ours.partial_fit(X[start : start + b])
             ref.partial_fit(X[start : start + b].astype(np.float64))
@@ -216,7 +216,7 @@ def test_streaming_pca_rank_deficient_completes_orthonormal_basis(
     orthonormal rows with (numerically) zero singular values for the last 4, and so do we.
     """
     X = _spectrum_data(200, 120, np.array([20.0, 10, 8, 5, 2, 1]), seed=8)
-    with caplog.at_level(logging.INFO, logger="stream_cluster.pca"):
+    with caplog.at_level(logging.INFO, logger="stream_cluster.pca.streaming"):
         ours, ref = _fit_both(X, 10, 50, block_columns=32)
     assert any("completing" in rec.getMessage() for rec in caplog.records)
     assert _orthonormality_error(ours.components_) < 1e-5
@@ -401,7 +401,7 @@ def test_streaming_pca_property_matches_sklearn(
 _PEAK_SCRIPT = """
 import json, sys
 import numpy as np, psutil
-from stream_cluster.pca import StreamingPCA
+from stream_cluster.pca.streaming import StreamingPCA
 k, b, d, solver = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 base = psutil.Process().memory_info().rss
 # ru_maxrss survives fork+exec (a child of a big pytest process would report the parent's peak),

@@ -24,7 +24,7 @@ from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.utils.estimator_checks import check_array_api_input, parametrize_with_checks
 
-import stream_cluster._pca_kernels as kernels_mod
+import stream_cluster.pca._kernels as kernels_mod
 from stream_cluster.errors import ConfigError
 from stream_cluster.pca import StreamingPCA
 
@@ -139,7 +139,7 @@ def test_streaming_pca_passes_sklearn_checks(
 def _check_array_api_in_child(estimator: StreamingPCA, route: str) -> None:
     code = (
         "import sys\n"
-        "import stream_cluster._pca_kernels as k\n"
+        "import stream_cluster.pca._kernels as k\n"
         "from sklearn.utils.estimator_checks import check_array_api_input\n"
         "from stream_cluster.pca import StreamingPCA\n"
         f"if {route == 'float32'}: k._FLOAT64_FLOPS = 0\n"

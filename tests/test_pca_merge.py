@@ -12,10 +12,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sklearn.decomposition import PCA, IncrementalPCA
 
-import stream_cluster._pca_kernels as kernels_mod
-from stream_cluster._pca_merge import reduce_tree
+import stream_cluster.pca._kernels as kernels_mod
 from stream_cluster.errors import ConfigError
 from stream_cluster.pca import StreamingPCA, merge_tree
+from stream_cluster.pca._merge import reduce_tree
 
 # ---------------------------------------------------------------------------- helpers
 
@@ -138,7 +138,7 @@ def test_merge_float64_fallback_when_ill_conditioned(
     X = _low_rank(240, 200, 30 * np.geomspace(1, 1e-4, r), seed=3)
     seq = _fit(X, r, 60)
     a, b = _fit(X[:120], r, 60), _fit(X[120:], r, 60)
-    with caplog.at_level(logging.INFO, logger="stream_cluster.pca"):
+    with caplog.at_level(logging.INFO, logger="stream_cluster.pca.streaming"):
         merged = a.merge(b)
     assert any("float64" in rec.getMessage() for rec in caplog.records)
     np.testing.assert_allclose(merged.explained_variance_, seq.explained_variance_, rtol=1e-4)
@@ -339,7 +339,7 @@ def test_benchmark_pca_merge_smoke(tmp_path: Path, capsys: pytest.CaptureFixture
     the sequential explained variance.
     """
     from benchmarks import pca_merge
-    from stream_cluster.store import RowStore
+    from stream_cluster.storage.store import RowStore
 
     rng = np.random.default_rng(11)  # uint8 rows of rank 6 after centring, no clipping
     rows = (100 + rng.integers(0, 6, (96, 6)) @ rng.integers(0, 6, (6, 200))).astype(np.uint8)

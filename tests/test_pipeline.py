@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import adjusted_rand_score
 
-import stream_cluster.store as store_mod
+import stream_cluster.storage.store as store_mod
 from stream_cluster import RunConfig, iter_run, run
 from stream_cluster.errors import (
     BudgetError,
@@ -197,9 +197,9 @@ def test_plan_folder_sizes_decode_workers_to_the_headers(tmp_path: Path) -> None
     PCA, the header bound of these small PNGs does; the run then decodes every image with that
     lower cap and gives the same labels as the sequential plan.
     """
-    from stream_cluster.decode import DECODE_MEMORY_CAP, decode_cost_bound
-    from stream_cluster.pipeline import plan, plan_folder
-    from stream_cluster.scan import scan
+    from stream_cluster.images.decode import DECODE_MEMORY_CAP, decode_cost_bound
+    from stream_cluster.images.scan import scan
+    from stream_cluster.runner.pipeline import plan, plan_folder
 
     make_shapes_corpus(tmp_path / "img", n=40, size=(120, 90))
     found = scan(tmp_path / "img")

@@ -1,4 +1,4 @@
-"""Tests for stream_cluster.report: plots, the HTML report page and the re-exports."""
+"""Tests for stream_cluster.stages.report: plots, the HTML report page and the re-exports."""
 
 from __future__ import annotations
 
@@ -12,10 +12,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stream_cluster import montage, report
 from stream_cluster.errors import ConfigError, StoreError
-from stream_cluster.pages import content_security_policy, map_script
-from stream_cluster.report import (
+from stream_cluster.report import montage
+from stream_cluster.report.pages import content_security_policy, map_script
+from stream_cluster.report.thumbs import ThumbSize
+from stream_cluster.stages import report
+from stream_cluster.stages.report import (
     ClusterRow,
     MapData,
     display_name,
@@ -25,7 +27,6 @@ from stream_cluster.report import (
     plot_variance,
     write_index_html,
 )
-from stream_cluster.thumbs import ThumbSize
 
 EVIL = "<img src=x onerror=alert(1)>.png"
 QUOTES = "it's a \"quoted\" & <b>bold</b> name.png"
@@ -184,7 +185,7 @@ def test_plot_memory_timeline_skips_torn_last_line(
     """Check that a half-written last sample is skipped with a warning, not an error."""
     csv_path = tmp_path / "memory.csv"
     _write_samples(csv_path, torn_tail=True)
-    with caplog.at_level(logging.WARNING, logger="stream_cluster.report"):
+    with caplog.at_level(logging.WARNING, logger="stream_cluster.stages.report"):
         plot_memory_timeline(csv_path, tmp_path / "m.png", budget_bytes=2**31)
     assert "skipped 1 malformed" in caplog.text
     assert _read_png(tmp_path / "m.png").shape == (500, 800)

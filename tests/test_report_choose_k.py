@@ -9,11 +9,11 @@ from typing import Any
 import numpy as np
 from sklearn.metrics import silhouette_score
 
-from stream_cluster.checkpoint import RunState
-from stream_cluster.clustering import SILHOUETTE_SAMPLE, Elbow, elbow
-from stream_cluster.kmeans import FeatureSource, fit_kmeans
-from stream_cluster.stage import Progress, StageRecord
-from stream_cluster.store import RowStore
+from stream_cluster.model.kmeans import FeatureSource, fit_kmeans
+from stream_cluster.stages.base import Progress, StageRecord
+from stream_cluster.stages.clustering import SILHOUETTE_SAMPLE, Elbow, elbow
+from stream_cluster.storage.checkpoint import RunState
+from stream_cluster.storage.store import RowStore
 
 KEY = {"k_range": [2, 6], "seed": 0, "variance": None}
 

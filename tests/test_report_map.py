@@ -11,22 +11,23 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stream_cluster.mapview import (
+from stream_cluster.report.cluster_pages import write_cluster_pages
+from stream_cluster.report.mapview import (
     cluster_colours,
     embed_2d,
     leading_columns,
     place_by_neighbours,
     quantize,
 )
-from stream_cluster.pages import cluster_page_name, write_cluster_pages
-from stream_cluster.store import RowStore
-from stream_cluster.thumbs import (
+from stream_cluster.report.pages import cluster_page_name
+from stream_cluster.report.thumbs import (
     ThumbSize,
     cluster_order,
     thumb_size,
     write_mean_images,
     write_thumbnails,
 )
+from stream_cluster.storage.store import RowStore
 
 EVIL = "<img src=x onerror=alert(1)>.png"
 
@@ -167,7 +168,7 @@ def test_write_mean_images_inverts_the_pca(tmp_path: Path, monkeypatch: pytest.M
 
     Also when the memory block holds one cluster's image at a time.
     """
-    monkeypatch.setattr("stream_cluster.thumbs.BLOCK_BYTES", block_bytes)
+    monkeypatch.setattr("stream_cluster.report.thumbs.BLOCK_BYTES", block_bytes)
     h, w, n_keep = 6, 5, 3
     rng = np.random.default_rng(1)
     comps = rng.normal(0, 0.1, (4, h * w)).astype(np.float32)

@@ -18,9 +18,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stream_cluster.checkpoint import load_arrays
 from stream_cluster.pca import StreamingPCA
-from stream_cluster.store import RowStore
+from stream_cluster.storage.checkpoint import load_arrays
+from stream_cluster.storage.store import RowStore
 
 from .conftest import make_shapes_corpus
 from .faults import cli, cli_env

@@ -1,4 +1,4 @@
-"""Tests for stream_cluster.scan: discovery order, hostile folders, symlinks, digest."""
+"""Tests for stream_cluster.images.scan: discovery order, hostile folders, symlinks, digest."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from stream_cluster.errors import InputError
-from stream_cluster.scan import IMAGE_SUFFIXES, ScanResult, files_digest, scan
+from stream_cluster.images.scan import IMAGE_SUFFIXES, ScanResult, files_digest, scan
 
 from .hostile import (
     IGNORED,

@@ -1,4 +1,4 @@
-"""Tests for stream_cluster.selection: knee finding on inertia curves."""
+"""Tests for stream_cluster.model.choose_k: knee finding on inertia curves."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from stream_cluster.errors import ConfigError
-from stream_cluster.selection import KneeResult, chord_distances, find_knee
+from stream_cluster.model.choose_k import KneeResult, chord_distances, find_knee
 
 
 def _kinked(ks: np.ndarray, knee: int) -> np.ndarray:

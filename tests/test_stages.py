@@ -7,18 +7,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from stream_cluster.checkpoint import RunState
-from stream_cluster.clustering import elbow
 from stream_cluster.config import RunConfig
-from stream_cluster.embed import embed, feature_store
 from stream_cluster.errors import CheckpointMismatchError
-from stream_cluster.fit_pca import RowsFeed, fit_pca, kept_components
-from stream_cluster.ingest import run_ingest
-from stream_cluster.kmeans import FeatureSource
-from stream_cluster.pca import StreamingPCA
-from stream_cluster.runfolder import check_settings
-from stream_cluster.stage import Progress, StageRecord, same_key
-from stream_cluster.store import RowStore
+from stream_cluster.model.kmeans import FeatureSource
+from stream_cluster.pca.streaming import StreamingPCA
+from stream_cluster.runner.runfolder import check_settings
+from stream_cluster.stages.base import Progress, StageRecord, same_key
+from stream_cluster.stages.clustering import elbow
+from stream_cluster.stages.embed import embed, feature_store
+from stream_cluster.stages.fit_pca import RowsFeed, fit_pca, kept_components
+from stream_cluster.stages.ingest import run_ingest
+from stream_cluster.storage.checkpoint import RunState
+from stream_cluster.storage.store import RowStore
 
 from .conftest import make_shapes_corpus
 

@@ -12,14 +12,14 @@ import numpy as np
 import pytest
 
 from stream_cluster.errors import StoreError
-from stream_cluster.store import (
+from stream_cluster.storage.atomic import write_h5_atomically
+from stream_cluster.storage.store import (
     AUTO_UINT8,
     COMPRESSIONS,
     RowStore,
     chunk_rows,
     resolve_compression,
     store_io_bytes,
-    write_h5_atomically,
 )
 
 from .store_contract import RowStoreContract
@@ -200,7 +200,7 @@ _PEAK_PROBE = """
 import json, sys
 from pathlib import Path
 import numpy as np
-from stream_cluster.store import RowStore
+from stream_cluster.storage.store import RowStore
 
 def rss(key):
     for line in Path("/proc/self/status").read_text().splitlines():

@@ -18,8 +18,8 @@ import pytest
 
 from stream_cluster import RunConfig, run
 from stream_cluster.errors import CheckpointMismatchError
-from stream_cluster.model import FittedModel
-from stream_cluster.store import RowStore
+from stream_cluster.model.fitted import FittedModel
+from stream_cluster.storage.store import RowStore
 
 from .conftest import make_shapes_corpus
 
@@ -72,7 +72,7 @@ def test_update_equals_a_pca_fed_the_same_batches(tmp_path: Path) -> None:
     run(_config(images, out))
     _grow(images)
     run(_config(images, out), update=True)
-    from stream_cluster.pca import StreamingPCA
+    from stream_cluster.pca.streaming import StreamingPCA
 
     pixels = RowStore(out / "pixels", 320, np.uint8)
     ref = StreamingPCA(8, copy=False)

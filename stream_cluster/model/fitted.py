@@ -1,0 +1,280 @@
+"""The fitted model a finished run is used through: :func:`load_model`, then ``predict`` new
+images (nearest centre, novelty) or find the run's most :func:`similar` images.
+
+:class:`FittedModel` holds the PCA, the k-means centres, the preprocessing and the training
+statistics; :mod:`~stream_cluster.model.format` reads and writes its file (``model.h5``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from stream_cluster.errors import InputError, StoreError
+from stream_cluster.images.decode import PIXEL_SCALE, decode_image, letterbox_array
+from stream_cluster.model.format import (
+    FORMAT,
+    FORMAT_VERSION,
+    NOVELTY_PERCENTILE,
+    PERCENTILES,
+    Preprocessing,
+    _digest_dataset,
+    write_model,
+)
+from stream_cluster.model.kmeans import FeatureSource
+from stream_cluster.model.kmeans import assign as nearest_centre
+from stream_cluster.model.search import Match, nearest, own_row, run_settings
+from stream_cluster.pca.streaming import StreamingPCA
+from stream_cluster.storage.store import RowStore
+
+__all__ = ["FittedModel", "Match", "assign_batch", "load_model", "similar"]
+
+
+@dataclass
+class FittedModel:
+    """A fitted run: PCA (first ``n_components`` used), k-means centres and what they were fit on.
+
+    Attributes
+    ----------
+    pca : StreamingPCA
+        The incremental PCA (its full state: it can keep learning).
+    n_components : int
+        Leading components that make an image's features (``--variance`` may keep fewer).
+    centers : ndarray of shape (k, n_components)
+        k-means centres in feature space.
+    cluster_sizes : ndarray of shape (k,)
+        Training images per cluster.
+    distance_percentiles : ndarray of shape (k, len(PERCENTILES))
+        Percentiles of each cluster's training distances to its centre.
+    preprocessing : Preprocessing
+        How image files become rows (size, letterbox, alpha, scale).
+    n_images : int
+        Training images.
+
+    Memory: the PCA's components (``n_components_ x d`` float32) dominate.
+    """
+
+    pca: StreamingPCA
+    n_components: int
+    centers: np.ndarray
+    cluster_sizes: np.ndarray
+    distance_percentiles: np.ndarray
+    preprocessing: Preprocessing
+    n_images: int
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def k(self) -> int:
+        """Number of clusters."""
+        return int(self.centers.shape[0])
+
+    @property
+    def novelty_threshold(self) -> np.ndarray:
+        """Per cluster, the distance beyond which an image is novel (99th percentile)."""
+        return np.asarray(self.distance_percentiles[:, PERCENTILES.index(NOVELTY_PERCENTILE)])
+
+    def rows(self, images: Sequence[str | os.PathLike[str] | np.ndarray]) -> np.ndarray:
+        """Images (file paths or arrays) as preprocessed uint8 rows, as the run made them."""
+        p = self.preprocessing
+        out = np.empty((len(images), p.width * p.height), dtype=np.uint8)
+        for i, img in enumerate(images):
+            if isinstance(img, np.ndarray):
+                out[i] = letterbox_array(img, p.width, p.height).reshape(-1)
+            else:
+                out[i] = decode_image(img, p.width, p.height).reshape(-1)
+        return out
+
+    def transform(self, images: Sequence[str | os.PathLike[str] | np.ndarray]) -> np.ndarray:
+        """PCA features (``n_components`` float32 each) of images given as paths or arrays."""
+        z = self.pca.transform(self.rows(images), scale=np.float32(self.preprocessing.scale))
+        return np.ascontiguousarray(z[:, : self.n_components], dtype=np.float32)
+
+    def predict(self, images: Sequence[str | os.PathLike[str] | np.ndarray]) -> np.ndarray:
+        """The nearest cluster of each image (paths or arrays)."""
+        return assign_batch(self, self.rows(images))[0]
+
+    def similar(self, image: str | os.PathLike[str] | np.ndarray, n: int = 12) -> list[Any]:
+        """The ``n`` run images nearest to ``image`` (needs the run folder: use load_model)."""
+        run = self.meta.get("run_dir")
+        if run is None:
+            raise StoreError(
+                "similar() searches the run's feature store: load the model with "
+                "stream_cluster.load_model(RUN) so it knows its run folder."
+            )
+        return similar(run, image, n, model=self)
+
+    def save(self, path: str | Path) -> None:
+        """Write the model to one HDF5 file (atomically)."""
+        write_model(
+            Path(path),
+            self.pca.get_state(),
+            n_components=self.n_components,
+            centers=self.centers,
+            cluster_sizes=self.cluster_sizes,
+            distance_percentiles=self.distance_percentiles,
+            preprocessing=self.preprocessing,
+            n_images=self.n_images,
+        )
+
+    @classmethod
+    def load(cls, path: str | Path) -> FittedModel:
+        """Read a model file; refuse anything that is not a complete, unchanged model file."""
+        path = Path(path)
+        try:
+            f = h5py.File(path, "r")
+        except (OSError, ValueError) as exc:
+            raise StoreError(
+                f"{path} cannot be opened as a stream-cluster model ({exc}); the file is "
+                f"truncated, damaged or not a model. Rerun the clustering to write it again."
+            ) from None
+        with f:
+            return cls._read(path, f)
+
+    @classmethod
+    def _read(cls, path: Path, f: h5py.File) -> FittedModel:
+        if f.attrs.get("format") != FORMAT:
+            raise StoreError(f"{path} is not a stream-cluster model file.")
+        version = int(f.attrs.get("format_version", -1))
+        if version > FORMAT_VERSION:
+            raise StoreError(
+                f"{path} was written by a newer stream-cluster (model format {version}; this "
+                f"version reads format {FORMAT_VERSION}). Upgrade stream-cluster to use it."
+            )
+        if version < 1 or f.attrs.get("complete") != 1:
+            raise StoreError(f"{path} is an incomplete or unknown model file; rerun the run.")
+        try:
+            raw = str(f.attrs["meta"])
+            meta = json.loads(raw)
+            names: list[str] = []
+            f.visititems(lambda n, o: names.append(n) if isinstance(o, h5py.Dataset) else None)
+            h = hashlib.sha256()
+            for name in sorted(names):
+                ds = f[name]
+                if ds.dtype.kind not in "biufS":
+                    raise StoreError(f"{path}: {name!r} is not a numeric array ({ds.dtype})")
+                _digest_dataset(h, name, ds)
+            h.update(raw.encode())
+        except (OSError, KeyError, ValueError, TypeError) as exc:
+            raise StoreError(
+                f"{path} is damaged ({exc}). Rerun the clustering to write it again."
+            ) from None
+        if h.hexdigest() != f.attrs.get("sha256"):
+            raise StoreError(
+                f"{path} was changed after it was written (its SHA-256 digest does not match). "
+                f"Rerun the clustering to write it again; do not edit model files by hand."
+            )
+        # Verified block by block above; now each array is read once, straight into the model.
+        arrays = {n: f[n] for n in names}
+        try:
+            pca = StreamingPCA.from_state(
+                {k[len("pca/") :]: v for k, v in arrays.items() if k.startswith("pca/")}
+            )
+            return cls(
+                pca=pca,
+                n_components=int(meta["n_components"]),
+                centers=arrays["kmeans/centers"][()],
+                cluster_sizes=arrays["stats/cluster_sizes"][()],
+                distance_percentiles=arrays["stats/distance_percentiles"][()],
+                preprocessing=Preprocessing(**meta["preprocessing"]),
+                n_images=int(meta["n_images"]),
+                meta=meta,
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise StoreError(f"{path} lacks part of a model ({exc}); rerun the run.") from None
+
+
+def load_model(run: str | os.PathLike[str]) -> FittedModel:
+    """The fitted model of a finished run folder (``RUN/model.h5``).
+
+    Raises
+    ------
+    InputError
+        ``run`` is not a finished run folder (says what is missing and what to do).
+    StoreError
+        ``model.h5`` is damaged, changed after it was written, or from a newer version.
+    """
+    run_dir = Path(run)
+    if not run_dir.is_dir():
+        raise InputError(f"{run_dir} is not a folder. Give the run folder a finished run wrote.")
+    if not (run_dir / "model.h5").exists() or not (run_dir / "run.json").exists():
+        what = "is still running or was interrupted" if (run_dir / "state.json").exists() else (
+            "is not a stream-cluster run folder"
+        )
+        raise InputError(
+            f"{run_dir} {what}: it has no model.h5 and run.json. Finish the run first (rerun "
+            f"the same stream-cluster command), or give the folder of a finished run."
+        )
+    model = FittedModel.load(run_dir / "model.h5")
+    model.meta["run_dir"] = os.fspath(run_dir)
+    return model
+
+
+def _assign_rows(model: FittedModel, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Labels and distances of preprocessed uint8 rows: the run's own arithmetic, row by row."""
+    z = model.pca.transform(rows, scale=PIXEL_SCALE)[:, : model.n_components]
+    km = nearest_centre(model.centers, FeatureSource(np.ascontiguousarray(z, dtype=np.float32)))
+    return km.labels, np.sqrt(km.sq_distances)
+
+
+def assign_batch(model: FittedModel, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(cluster, distance, novel)`` for a batch of preprocessed uint8 rows (b x width*height)."""
+    labels, dist = _assign_rows(model, rows)
+    return labels, dist, dist > model.novelty_threshold[labels]
+
+
+def similar(
+    run: str | os.PathLike[str],
+    image: str | os.PathLike[str] | np.ndarray,
+    n: int = 12,
+    *,
+    model: FittedModel | None = None,
+) -> list[Match]:
+    """The ``n`` run images nearest to ``image`` in PCA space (exact; ties by store order).
+
+    ``image`` is a file or a uint8 array. One of the run's own images is looked up in the
+    feature store (it comes first, at distance 0) and needs no model; another is decoded with
+    the run's preprocessing and projected (``model`` is loaded if not given).
+
+    Memory: one block of ``SEARCH_BLOCK`` feature rows and the ``n`` best so far.
+    """
+    if n < 1:
+        raise InputError(f"-n must be >= 1. Got {n} instead.")
+    run_dir = Path(run)
+    run_settings(run_dir)
+    n_keep = json.loads((run_dir / "run.json").read_text())["results"]["n_components"]
+    try:
+        features = RowStore(run_dir / "features", int(n_keep), np.float32)
+    except StoreError as exc:
+        raise InputError(f"{run_dir} has no usable feature store ({exc}).") from None
+    names = features.names()
+    row = None if isinstance(image, np.ndarray) else own_row(run_dir, Path(image), names)
+    if row is not None:
+        query = features.read(row, row + 1)[0].astype(np.float64)
+    else:
+        model = model or load_model(run_dir)
+        p = model.preprocessing
+        if isinstance(image, np.ndarray):
+            pixels = letterbox_array(image, p.width, p.height)
+        else:
+            pixels = decode_image(image, p.width, p.height)
+        # One image: a matrix-vector product over the contiguous components is ~4x faster than
+        # transform's column blocks (same values to float32 rounding).
+        x = pixels.reshape(-1).astype(np.float32) * PIXEL_SCALE - model.pca.mean_.astype(np.float32)
+        query = (model.pca.components_[: model.n_components] @ x).astype(np.float64)
+    best_d, best_i = nearest(features, query, n)
+    if row is not None:  # the image itself first, at exactly 0 (round-off could reorder ties)
+        keep = best_i != row
+        best_i = np.concatenate([[row], best_i[keep]])[:n]
+        best_d = np.concatenate([[0.0], best_d[keep]])[:n]
+    return [
+        Match(r + 1, os.fsdecode(names[int(i)]), float(np.sqrt(dd)))
+        for r, (i, dd) in enumerate(zip(best_i, best_d))
+    ]
