@@ -33,6 +33,7 @@ from stream_cluster.model.kmeans import FeatureSource
 from stream_cluster.model.kmeans import assign as nearest_centre
 from stream_cluster.model.search import Match, nearest, own_row, run_settings
 from stream_cluster.pca.streaming import StreamingPCA
+from stream_cluster.storage.checkpoint import open_h5
 from stream_cluster.storage.store import RowStore
 
 __all__ = ["FittedModel", "Match", "assign_batch", "load_model", "similar"]
@@ -128,13 +129,9 @@ class FittedModel:
     def load(cls, path: str | Path) -> FittedModel:
         """Read a model file; refuse anything that is not a complete, unchanged model file."""
         path = Path(path)
-        try:
-            f = h5py.File(path, "r")
-        except (OSError, ValueError) as exc:
-            raise StoreError(
-                f"{path} cannot be opened as a stream-cluster model ({exc}); the file is "
-                f"truncated, damaged or not a model. Rerun the clustering to write it again."
-            ) from None
+        f = open_h5(path, lambda exc: (
+            f"{path} cannot be opened as a stream-cluster model ({exc}); the file is truncated, "
+            f"damaged or not a model. Rerun the clustering to write it again."))  # fmt: skip
         with f:
             return cls._read(path, f)
 

@@ -177,17 +177,8 @@ class StreamingPCA(
             one batch at a time.
         y : ignored
 
-        Returns
-        -------
-        self : StreamingPCA
-
-        Raises
-        ------
-        ConfigError
-            If a constructor parameter is invalid.
-        ValueError
-            If ``X`` is empty, not 2-D, holds NaN or inf, or has fewer rows than
-            ``n_components``.
+        Returns ``self``. Raises what :meth:`partial_fit` raises (``ConfigError`` for a bad
+        parameter, ``ValueError`` for bad data), and ``ValueError`` if ``X`` is empty.
 
         Notes
         -----
@@ -198,21 +189,18 @@ class StreamingPCA(
         self._check_params()
         for name in (*_LEARNED, "_ipca", "batch_size_"):
             self.__dict__.pop(name, None)
-        X = validate_data(
-            self,
-            X,
-            accept_sparse=["csr", "csc", "lil"],
-            dtype="numeric",
-            copy=False,
-            ensure_all_finite=True,
-            reset=True,
-        )
+        X = self._validated(X, reset=True)
         n_samples, n_features = X.shape
         self.batch_size_ = 5 * n_features if self.batch_size is None else int(self.batch_size)
         for rows in gen_batches(n_samples, self.batch_size_, min_batch_size=self.n_components or 0):
             batch = X[rows]
             self._update(batch.toarray() if sparse.issparse(batch) else batch)
         return self
+
+    def _validated(self, X: Any, *, reset: bool) -> Any:
+        """scikit-learn's input validation: 2-D, numeric, finite, sparse kept, feature count."""
+        return validate_data(self, X, accept_sparse=["csr", "csc", "lil"], dtype="numeric",
+                             copy=False, ensure_all_finite=True, reset=reset)  # fmt: skip
 
     def partial_fit(self, X: Any, y: Any = None, check_input: bool = True) -> StreamingPCA:
         """Update the model with one batch ``X`` of shape (b, d), float32 scaled to 0..1.
@@ -288,15 +276,7 @@ class StreamingPCA(
             If ``X`` is not 2-D, has the wrong number of features, or holds NaN or inf.
         """
         self._check_fitted()
-        arr = validate_data(
-            self,
-            X,
-            accept_sparse=["csr", "csc", "lil"],
-            dtype="numeric",
-            copy=False,
-            ensure_all_finite=True,
-            reset=False,
-        )
+        arr = self._validated(X, reset=False)
         if sparse.issparse(arr):
             step = 5 * self.n_features_in_ if self.batch_size is None else int(self.batch_size)
             parts = [

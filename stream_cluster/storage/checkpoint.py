@@ -13,7 +13,7 @@ import json
 import logging
 import os
 import threading
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -29,6 +29,14 @@ __all__ = ["RunLock", "RunState", "load_arrays", "open_arrays", "save_arrays"]
 logger = logging.getLogger(__name__)
 
 _FORMAT = "stream-cluster-arrays/1"
+
+
+def open_h5(path: Path, unreadable: Callable[[Exception], str]) -> h5py.File:
+    """Open an HDF5 file to read, or raise :class:`StoreError` with ``unreadable(error)``."""
+    try:
+        return h5py.File(path, "r")
+    except (OSError, ValueError) as exc:
+        raise StoreError(unreadable(exc)) from exc
 
 
 def save_arrays(path: Path, arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any]) -> None:
@@ -61,13 +69,8 @@ def open_arrays(
     from them costs one copy instead of ``load_arrays``'s read plus the caller's copy.
     """
     path = Path(path)
-    try:
-        f = h5py.File(path, "r")
-    except (OSError, ValueError) as exc:
-        raise StoreError(
-            f"Checkpoint {path} is unreadable ({exc}). Delete it to redo that stage, "
-            f"or rerun with --fresh."
-        ) from exc
+    f = open_h5(path, lambda exc: (f"Checkpoint {path} is unreadable ({exc}). Delete it to redo "
+                                   f"that stage, or rerun with --fresh."))  # fmt: skip
     with f:
         try:
             if f.attrs.get("format") != _FORMAT or f.attrs.get("complete") != 1:
