@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Generator
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
@@ -54,41 +55,40 @@ class Pixels:
     closing: list[Any] = field(default_factory=list)  #: closed when the run is done with them
 
 
-class Steps:
+class Steps(ABC):
     """How a run makes its pixel rows, its PCA and its features; the runner does the rest."""
 
     sampler: type[MemorySampler] = MemorySampler
 
-    def check(self, config: RunConfig, fresh: bool, update: bool) -> None:
+    def check(self, config: RunConfig, fresh: bool, update: bool) -> None:  # noqa: B027 (an optional hook)
         """Checks before the run folder is touched."""
 
     def session(self, config: RunConfig) -> AbstractContextManager[Any]:
         """What stays open for the whole run (under the run lock)."""
         return nullcontext()
 
-    def begin(self, run: Runner) -> None:
+    def begin(self, run: Runner) -> None:  # noqa: B027 (an optional hook)
         """At the start of each attempt, under the run lock: checks, fresh per-attempt state."""
 
+    @abstractmethod
     def prepare(
         self, run: Runner, found: ScanResult, digest: str, mem_plan: MemoryPlan
     ) -> tuple[MemoryPlan, str]:
-        """After the plan: adapt it, check the disk, start the ingest record. Returns the plan
-        and where the run runs (words for the scan event)."""
-        raise NotImplementedError
+        """Adapt the plan, check the disk, start the ingest; the plan and where the run runs."""
 
+    @abstractmethod
     def pixels(
         self, run: Runner, found: ScanResult, mem_plan: MemoryPlan, skipped: list[tuple[str, str]]
     ) -> Generator[ProgressEvent, None, Pixels]:
         """Run the ingest and PCA stages (through ``run.stage``)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def embed(
         self, run: Runner, px: Pixels, mem_plan: MemoryPlan, n_keep: int, pca_key: Any
     ) -> Generator[Progress, None, RowStore]:
         """The embed stage: every current row projected by the PCA into the feature store."""
-        raise NotImplementedError
 
-    def finish(self, run: Runner) -> None:
+    def finish(self, run: Runner) -> None:  # noqa: B027 (an optional hook)
         """After ``run.json`` is written: add what this way of running measured."""
 
 
