@@ -10,7 +10,12 @@ feature vector within ``FEATURE_RTOL`` of its distance from the mean image (the 
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
+
+from stream_cluster.storage.checkpoint import load_arrays
+from stream_cluster.storage.store import RowStore
 
 #: README: "within 1e-5 of the image's distance from the mean image". Measured (benchmarks/
 #: repro_precision.py): 2.2e-7 between AVX2, AVX and AVX-512 kernels, 1 and 2 threads, batches
@@ -33,3 +38,11 @@ def distances_close(got: float, want: float, radius: float, printed_digits: int 
     """Whether two distances agree to README's precision (plus the rounding of a CSV's digits)."""
     printed = 10.0 ** (1 - printed_digits) * max(abs(got), abs(want))
     return abs(got - want) <= FEATURE_RTOL * radius + printed
+
+
+def radii(run: Path, row_size: int) -> dict[str, float]:
+    """Each stored image's distance from the run's mean image (the bound's scale), by path."""
+    pixels = RowStore(run / "pixels", row_size, np.uint8)
+    mean = load_arrays(run / "pca.h5")[0]["mean_"]
+    dist = np.linalg.norm(pixels.read(0, len(pixels)) / 255.0 - mean, axis=1)
+    return dict(zip((n.decode() for n in pixels.names()), map(float, dist)))

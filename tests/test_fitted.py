@@ -21,7 +21,7 @@ from stream_cluster.model.format import FORMAT_VERSION
 from stream_cluster.storage.store import RowStore
 
 from .conftest import make_shapes_corpus
-from .precision import distances_close
+from .precision import distances_close, radii
 
 # Results equal bitwise or to README's precision: CI reruns these under other BLAS kernels.
 pytestmark = pytest.mark.reproducibility
@@ -56,10 +56,7 @@ def test_assign_training_images_gives_their_labels(fitted_run: tuple[Path, Path]
     want = {r["path"]: (r["cluster"], float(r["distance"])) for r in _csv(out / "labels.csv")}
     assert res.n_assigned == 60 and res.n_skipped == 0 and sorted(got) == sorted(want)
     assert {p: c for p, (c, _) in got.items()} == {p: c for p, (c, _) in want.items()}
-    pixels = RowStore(out / "pixels", 16 * 20, np.uint8)
-    mean = load_model(out).pca.mean_
-    radius = dict(zip((n.decode() for n in pixels.names()),
-                      np.linalg.norm(pixels.read(0, len(pixels)) / 255.0 - mean, axis=1)))
+    radius = radii(out, 16 * 20)
     far = [p for p in got if not distances_close(got[p][1], want[p][1], radius[p])]
     assert far == [], [(p, got[p][1], want[p][1]) for p in far]
 

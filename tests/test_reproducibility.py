@@ -19,12 +19,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from stream_cluster.pca import StreamingPCA
-from stream_cluster.storage.checkpoint import load_arrays
-from stream_cluster.storage.store import RowStore
 
 from .conftest import make_shapes_corpus
 from .faults import cli, cli_env
-from .precision import FEATURE_RTOL, assert_features_close, distances_close
+from .precision import FEATURE_RTOL, assert_features_close, distances_close, radii
 
 pytestmark = pytest.mark.reproducibility
 
@@ -86,10 +84,7 @@ def test_other_threads_and_kernels_agree_to_the_stated_precision(
     images, run = reference
     got = _run(images, tmp_path / "run", VARIANTS[variant])
     want = _labels(run)
-    pixels = RowStore(run / "pixels", SIZE[0] * SIZE[1], np.uint8)
-    mean = load_arrays(run / "pca.h5")[0]["mean_"]
-    radius = dict(zip((n.decode() for n in pixels.names()),
-                      np.linalg.norm(pixels.read(0, len(pixels)) / 255.0 - mean, axis=1)))
+    radius = radii(run, SIZE[0] * SIZE[1])
     assert [r[:2] for r in got] == [r[:2] for r in want]
     far = [(g, w) for g, w in zip(got, want)
            if not distances_close(float(g[2]), float(w[2]), radius[g[0]])]  # fmt: skip
