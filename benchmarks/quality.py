@@ -12,7 +12,9 @@ Rows
 ``stream-cluster``
     The CLI as it is: ``python -m stream_cluster FOLDER --out RUN --k K --components C
     --mem-budget 2G --size WxH --seed S --no-progress``; labels from ``RUN/labels.csv``.
-    ``stream-cluster-kauto`` is the same with ``--k auto``.
+    ``stream-cluster-kauto`` is the same with ``--k auto``; ``stream-cluster[--opt=v ...]``
+    adds those options (e.g. ``stream-cluster[--space=pca]``, the seed's path; no ``--k`` with
+    ``--cluster=hdbscan`` or a ``--k=`` of its own).
 ``raw-kmeans``
     ``KMeans(k)`` on the pixels (grey, scaled to [0, 1]).
 ``features[pixels]``, ``features[hog]``
@@ -429,6 +431,20 @@ def _stream_cluster_labels(run: Path, rel: Sequence[str]) -> list[int]:
     return [got[r] for r in rel]
 
 
+def cli_options(pipe: str) -> list[str]:
+    """The extra CLI options of a ``stream-cluster[--opt=value --opt=value]`` row.
+
+    >>> cli_options("stream-cluster[--space=pca --features=hog]")
+    ['--space=pca', '--features=hog']
+    >>> cli_options("stream-cluster")
+    []
+    """
+    if "[" not in pipe:
+        return []
+    inner = pipe[pipe.index("[") + 1 : pipe.rindex("]")]
+    return inner.split()
+
+
 def _run_row(pipe: str, a: argparse.Namespace, work: Path, rep: int) -> dict[str, Any]:
     from benchmarks.monitor import run_watched
 
@@ -447,9 +463,11 @@ def _run_row(pipe: str, a: argparse.Namespace, work: Path, rep: int) -> dict[str
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     if pipe.startswith("stream-cluster"):
-        run = work / f"run-{pipe}-{rep}"
+        run = work / f"run-{len(pipe)}-{rep}"
         shutil.rmtree(run, ignore_errors=True)
+        options = cli_options(pipe)
         k = "auto" if pipe.endswith("kauto") else str(a.k)
+        given = any(o.startswith(("--k=", "--cluster=hdbscan")) for o in options)
         cmd = [
             sys.executable,
             "-m",
@@ -457,8 +475,8 @@ def _run_row(pipe: str, a: argparse.Namespace, work: Path, rep: int) -> dict[str
             str(a.folder),
             "--out",
             str(run),
-            "--k",
-            k,
+            *([] if given else ["--k", k]),
+            *options,
             "--components",
             str(a.components),
             "--mem-budget",
@@ -653,7 +671,9 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     cap = a.mem_cap.upper().rstrip("IB")
     a.mem_cap = int(float(cap[:-1]) * units[cap[-1]]) if cap[-1] in units else int(cap)
     pipes = ALL_PIPELINES if a.pipelines == "all" else tuple(a.pipelines.split(","))
-    unknown = [p for p in pipes if p not in ALL_PIPELINES]
+    # stream-cluster[--opt=value ...]: the CLI with those options (k from the labels unless
+    # given, or HDBSCAN)
+    unknown = [p for p in pipes if p not in ALL_PIPELINES and not p.startswith("stream-cluster[")]
     if unknown:
         ap.error(f"unknown pipelines {unknown}; choose from {', '.join(ALL_PIPELINES)}")
     a.pipes = pipes

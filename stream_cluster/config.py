@@ -23,6 +23,11 @@ PCA_SOLVERS = ("gram", "sklearn")
 STORE_COMPRESSIONS = ("auto", "none", "lz4", "zstd")
 #: ``--keep-pixels``: keep the decoded pixels in a store, or decode the images again instead.
 KEEP_PIXELS = ("always", "never")
+#: ``--space``: cluster in the learned 2-D space (t-SNE of a sample, every image placed) or,
+#: the seed's path, on the PCA features themselves.
+SPACES = ("tsne", "pca")
+#: ``--cluster``: k-means (k fixed or picked) or HDBSCAN (finds its groups and its noise).
+CLUSTERERS = ("kmeans", "hdbscan")
 #: ``local:N`` or a scheduler address (``tcp://host:8786``, ``tls://...``, ``host:port``).
 _DASK_RE = re.compile(
     r"local:[1-9]\d*|(?!local:)((tcp|tls|ucx|ws|wss|inproc)://)?([\w.\-]+|\[[\dA-Fa-f:.]+\])(:\d+)?"
@@ -137,6 +142,12 @@ class RunConfig:
         Keep the fewest components whose cumulative explained variance reaches this.
     k : int or None
         Number of clusters; None picks it from the elbow of ``k_range``.
+    space : str
+        ``"tsne"`` (default): cluster in a 2-D t-SNE space of the PCA features, where images
+        group by what they show; ``"pca"``: k-means on the PCA features (the seed's path).
+    clusterer : str
+        ``"kmeans"`` (default) or ``"hdbscan"`` (``space="tsne"`` only; finds the number of
+        groups itself, images in no group form a "noise" group of their own).
     dask : str or None
         Run on Dask: ``local:N`` (N local worker processes) or a scheduler address such as
         ``tcp://host:8786``; ``mem_budget`` then applies to each worker and to the client.
@@ -163,6 +174,8 @@ class RunConfig:
     checkpoint_seconds: float = 20.0
     store_compression: str = "auto"
     keep_pixels: str = "always"
+    space: str = "tsne"
+    clusterer: str = "kmeans"
     dask: str | None = None
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
@@ -218,6 +231,25 @@ class RunConfig:
                 "--keep-pixels never cannot be used with --dask: Dask workers hand the pixels "
                 "to each other through the store. Use --keep-pixels always (the default)."
             )
+        if self.space not in SPACES:
+            raise ConfigError(
+                f"--space must be one of {', '.join(SPACES)}. Got {self.space!r} instead."
+            )
+        if self.clusterer not in CLUSTERERS:
+            raise ConfigError(
+                f"--cluster must be one of {', '.join(CLUSTERERS)}. Got {self.clusterer!r} instead."
+            )
+        if self.clusterer == "hdbscan" and self.space != "tsne":
+            raise ConfigError(
+                "--cluster hdbscan needs --space tsne: density clustering of hundreds of PCA "
+                "features neither scales nor finds groups. Use --space tsne (the default) or "
+                "--cluster kmeans."
+            )
+        if self.clusterer == "hdbscan" and self.k is not None:
+            raise ConfigError(
+                f"--cluster hdbscan finds the number of clusters itself; --k {self.k} cannot "
+                f"apply. Leave --k out (or --k auto), or use --cluster kmeans."
+            )
         if self.montage_images < 1:
             raise ConfigError(f"--montage-images must be >= 1. Got {self.montage_images}.")
         if self.dask is not None and not _DASK_RE.fullmatch(self.dask):
@@ -255,8 +287,9 @@ class RunConfig:
             "ingest": ["width", "height", "follow_symlinks", "keep_pixels"],
             # The PCA is deterministic and takes no seed: --seed affects only k-means.
             "pca": ["n_components", "pca_solver"],
-            "elbow": ["k_range", "seed", "variance"],
-            "cluster": ["k", "seed", "variance"],
+            "space": ["space", "seed", "variance"],
+            "elbow": ["k_range", "seed", "variance", "space"],
+            "cluster": ["k", "seed", "variance", "space", "clusterer"],
         }[stage]
         d = self.as_dict()
         return {k: d[k] for k in keys}

@@ -29,7 +29,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 #: Stages in the order a run finishes them (``state.json`` records each one's ``done``).
-STAGES = ("ingest", "pca", "embed", "elbow", "cluster", "report")
+STAGES = ("ingest", "pca", "embed", "space", "elbow", "cluster", "report")
 
 
 # -- running the command --------------------------------------------------------------------

@@ -19,7 +19,7 @@ from .conftest import make_shapes_corpus
 
 #: Which modelled stage bounds each stage the runner records.
 MODELLED = {"scan": "scan", "ingest": "ingest", "pca": "pca", "ingest+pca": "ingest+pca",
-            "embed": "embed", "elbow": "kmeans", "cluster": "kmeans", "report": "report"}
+            "embed": "embed", "space": "space", "elbow": "kmeans", "cluster": "kmeans", "report": "report"}
 
 
 @pytest.mark.parametrize("keep_pixels", ["always", "never"])
@@ -44,4 +44,4 @@ def test_every_stage_stays_under_its_model(tmp_path: Path, keep_pixels: str) -> 
             model = plan[MODELLED[stage]]
             assert peak <= model, f"{stage}: {peak / 2**20:.0f} MiB, model {model / 2**20:.0f}"
             checked.append(stage)
-    assert {"scan", "embed", "elbow", "cluster", "report"} <= set(checked), checked
+    assert {"scan", "embed", "space", "elbow", "cluster", "report"} <= set(checked), checked

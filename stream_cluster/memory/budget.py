@@ -31,6 +31,7 @@ from stream_cluster.memory.stage_bytes import (
     _pca_bytes,
     _report_bytes,
     _resident,
+    _space_bytes,
 )
 from stream_cluster.model.kmeans import ASSIGN_BATCH, Mode
 
@@ -139,6 +140,7 @@ def plan_memory(
     decode_cap: int = DECODE_MEMORY_CAP,
     kmeans_from_store: bool = False,
     keep_pixels: str = "always",
+    space: bool = False,
 ) -> MemoryPlan:
     """Choose batch sizes and workers so that every stage's modelled peak fits ``budget``.
 
@@ -266,6 +268,8 @@ def plan_memory(
         "kmeans": kmeans_bytes,
         "report": _report_bytes(n_images, max(max_k, 1), d) + decoders,
     }
+    if space:  # the learned cluster space (--space tsne)
+        stage_bytes["space"] = _space_bytes(n_images, k_out)
     if overlap_workers or not stored:
         stage_bytes["ingest+pca"] = overlap_bytes(overlap_workers)
     stage, need = max(stage_bytes.items(), key=lambda item: item[1])

@@ -50,6 +50,7 @@ def plan(
         # float64 values, 4 n d bytes less through the elbow sweep and the cluster stage.
         kmeans_from_store=True,
         keep_pixels=config.keep_pixels,
+        space=config.space == "tsne",
     )
 
 

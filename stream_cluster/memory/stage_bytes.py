@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from stream_cluster.images.decode import decode_worker_bytes
 from stream_cluster.model.kmeans import Mode, kmeans_memory_bytes
+from stream_cluster.model.space import SPACE_DIMS, SPACE_SAMPLE
 from stream_cluster.pca.memory import pca_memory_bytes
 from stream_cluster.storage.store import store_io_bytes
 
@@ -23,6 +24,8 @@ __all__ = [
     "RESIDENT_PER_IMAGE",
     "SAFETY",
     "SCAN_PER_IMAGE",
+    "SPACE_BASE_BYTES",
+    "SPACE_PER_SAMPLE_PAIR",
     "WORKER_BASE_BYTES",
     "embed_bytes",
 ]
@@ -41,6 +44,13 @@ RESIDENT_AFTER_PCA_BYTES = 128 * 2**20
 #: Per image, what the runner holds from the scan to the end: file names, row names, signatures
 #: (~80 B measured between those two runs).
 RESIDENT_PER_IMAGE = 256
+#: The space stage beyond the resident process: openTSNE's import and threads (measured: 124
+#: MiB for openTSNE, scikit-learn and SciPy in a fresh interpreter, most of them already loaded
+#: by then).
+SPACE_BASE_BYTES = 64 * 2**20
+#: Per pair of sampled images, the space's exact t-SNE: float64 distances, the affinities and
+#: their copies (measured: 124 MiB for 1,797 sampled images, about 40 B per pair).
+SPACE_PER_SAMPLE_PAIR = 48
 #: The report stage beyond the resident process: matplotlib, t-SNE of the map's 2,000-image
 #: sample and its threads (measured 65 MiB above the resident process at 8,121 images).
 REPORT_BASE_BYTES = 96 * 2**20
@@ -135,6 +145,15 @@ def _report_bytes(n_images: int, max_k: int, d: int) -> int:
     # uint8 copies), model.h5 copied in 16 MiB blocks
     work = 128 * d + 9 * max_k * d + 16 * 2**20
     return _resident(n_images) + REPORT_BASE_BYTES + REPORT_PER_IMAGE * n_images + work
+
+
+def _space_bytes(n_images: int, n_components: int) -> int:
+    # the space stage (stages/space.py): the leading features, every position and nearest-
+    # sample distance, the sample's exact t-SNE, one placement block, one batch of feature rows
+    s = min(SPACE_SAMPLE, n_images)
+    work = (4 * n_images * min(SPACE_DIMS, n_components) + 24 * n_images
+            + SPACE_PER_SAMPLE_PAIR * s * s + 4 * 4096 * s + 4 * 4096 * n_components)
+    return _resident(n_images) + SPACE_BASE_BYTES + work
 
 
 def embed_bytes(n_components: int, batch: int, n_features: int) -> int:

@@ -20,6 +20,7 @@ import numpy as np
 
 from stream_cluster.errors import InputError, StoreError
 from stream_cluster.images.decode import PIXEL_SCALE, decode_image, letterbox_array
+from stream_cluster.model.density import nearest_labels
 from stream_cluster.model.format import (
     FORMAT,
     FORMAT_VERSION,
@@ -32,6 +33,7 @@ from stream_cluster.model.format import (
 from stream_cluster.model.kmeans import FeatureSource
 from stream_cluster.model.kmeans import assign as nearest_centre
 from stream_cluster.model.search import Match, nearest, own_row, run_settings
+from stream_cluster.model.space import ClusterSpace
 from stream_cluster.pca.streaming import StreamingPCA
 from stream_cluster.storage.checkpoint import open_h5
 from stream_cluster.storage.store import RowStore
@@ -59,6 +61,12 @@ class FittedModel:
         How image files become rows (size, letterbox, alpha, scale).
     n_images : int
         Training images.
+    space : ClusterSpace or None
+        The learned 2-D space the centres live in (``--space tsne``), or None: the centres are
+        in PCA feature space (``--space pca``, and model files of format 1).
+    density : (positions, labels) or None
+        With ``--cluster hdbscan``: every training image's position and group; a new image
+        joins the group of its nearest training image (the groups have no centres to go by).
 
     Memory: the PCA's components (``n_components_ x d`` float32) dominate.
     """
@@ -71,6 +79,8 @@ class FittedModel:
     preprocessing: Preprocessing
     n_images: int
     meta: dict[str, Any] = field(default_factory=dict)
+    space: ClusterSpace | None = None
+    density: tuple[np.ndarray, np.ndarray] | None = None
 
     @property
     def k(self) -> int:
@@ -98,6 +108,12 @@ class FittedModel:
         z = self.pca.transform(self.rows(images), scale=np.float32(self.preprocessing.scale))
         return np.ascontiguousarray(z[:, : self.n_components], dtype=np.float32)
 
+    def positions(self, images: Sequence[str | os.PathLike[str] | np.ndarray]) -> np.ndarray:
+        """Where images land in the space the clusters live in: ``(n, 2)`` positions in the
+        learned space, or the PCA features when the run clustered those."""
+        z = self.transform(images)
+        return z if self.space is None else self.space.place(z)
+
     def predict(self, images: Sequence[str | os.PathLike[str] | np.ndarray]) -> np.ndarray:
         """The nearest cluster of each image (paths or arrays)."""
         return assign_batch(self, self.rows(images))[0]
@@ -123,6 +139,9 @@ class FittedModel:
             distance_percentiles=self.distance_percentiles,
             preprocessing=self.preprocessing,
             n_images=self.n_images,
+            space=self.space,
+            density=self.density,
+            extra={k: self.meta[k] for k in ("clusterer", "noise_cluster") if k in self.meta},
         )
 
     @classmethod
@@ -183,9 +202,22 @@ class FittedModel:
                 preprocessing=Preprocessing(**meta["preprocessing"]),
                 n_images=int(meta["n_images"]),
                 meta=meta,
+                space=_space(meta, arrays),
+                density=(arrays["space/positions"][()], arrays["space/labels"][()])
+                if "space/labels" in arrays else None,
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise StoreError(f"{path} lacks part of a model ({exc}); rerun the run.") from None
+
+
+def _space(meta: dict[str, Any], arrays: dict[str, Any]) -> ClusterSpace | None:
+    """The learned space a model file holds, or None (centres in PCA feature space)."""
+    info = meta.get("space")
+    if info is None:
+        return None
+    return ClusterSpace(arrays["space/sample_features"][()], arrays["space/sample_positions"][()],
+                        int(info["dims"]), int(info["neighbours"]),
+                        float(info["novelty_distance"]))  # fmt: skip
 
 
 def load_model(run: str | os.PathLike[str]) -> FittedModel:
@@ -214,17 +246,29 @@ def load_model(run: str | os.PathLike[str]) -> FittedModel:
     return model
 
 
-def _assign_rows(model: FittedModel, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Labels and distances of preprocessed uint8 rows: the run's own arithmetic, row by row."""
-    z = model.pca.transform(rows, scale=PIXEL_SCALE)[:, : model.n_components]
-    km = nearest_centre(model.centers, FeatureSource(np.ascontiguousarray(z, dtype=np.float32)))
-    return km.labels, np.sqrt(km.sq_distances)
-
-
 def assign_batch(model: FittedModel, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(cluster, distance, novel)`` for a batch of preprocessed uint8 rows (b x width*height)."""
-    labels, dist = _assign_rows(model, rows)
-    return labels, dist, dist > model.novelty_threshold[labels]
+    """``(cluster, distance, novel)`` for a batch of preprocessed uint8 rows (b x width*height).
+
+    The run's own arithmetic, row by row. In the learned space the distance is to the centre
+    in that space, and an image is novel when it is farther from every sampled training image
+    than 99 % of the training images are (placement interpolates, so distance to a centre
+    there cannot tell); on PCA features, when it is farther from its centre than 99 % of the
+    cluster's training images.
+    """
+    z = model.pca.transform(rows, scale=PIXEL_SCALE)[:, : model.n_components]
+    z = np.ascontiguousarray(z, dtype=np.float32)
+    if model.space is None:
+        km = nearest_centre(model.centers, FeatureSource(z))
+        dist = np.sqrt(km.sq_distances)
+        return km.labels, dist, dist > model.novelty_threshold[km.labels]
+    near = np.empty(len(z))
+    pos = model.space.place(z, nearest=near)
+    novel = near > model.space.novelty_distance
+    if model.density is None:
+        km = nearest_centre(model.centers, FeatureSource(pos))
+        return km.labels, np.sqrt(km.sq_distances), novel
+    labels = nearest_labels(*model.density, pos).astype(np.int32)
+    return labels, np.sqrt(((pos - model.centers[labels]) ** 2).sum(axis=1)), novel
 
 
 def similar(

@@ -21,6 +21,7 @@ import numpy as np
 from stream_cluster._version import __version__
 from stream_cluster.errors import StoreError
 from stream_cluster.model.kmeans import KMeansResult
+from stream_cluster.model.space import ClusterSpace
 from stream_cluster.storage.atomic import write_h5_atomically
 
 __all__ = [
@@ -34,7 +35,9 @@ __all__ = [
 ]
 
 FORMAT = "stream-cluster-model"
-FORMAT_VERSION = 1
+#: 2 added the learned cluster space (``space/*`` arrays, ``space`` in the metadata); a
+#: version-1 file is read as a model clustered on the PCA features.
+FORMAT_VERSION = 2
 #: Percentiles of each cluster's training distances kept in the model (100 is the farthest).
 PERCENTILES = (50.0, 90.0, 95.0, 99.0, 100.0)
 #: The percentile beyond which ``assign`` calls an image novel.
@@ -113,6 +116,8 @@ def write_model(
     preprocessing: Preprocessing,
     n_images: int,
     extra: Mapping[str, Any] | None = None,
+    space: ClusterSpace | None = None,
+    density: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> None:
     """Write ``model.h5`` atomically from PCA state arrays (numpy arrays or h5py datasets).
 
@@ -134,6 +139,14 @@ def write_model(
     arrays["kmeans/centers"] = np.asarray(centers, dtype=np.float64)
     arrays["stats/cluster_sizes"] = np.asarray(cluster_sizes, dtype=np.int64)
     arrays["stats/distance_percentiles"] = np.asarray(distance_percentiles, dtype=np.float64)
+    if space is not None:  # the centres are positions in this space (model format 2)
+        meta["space"] = {"method": "tsne", "dims": space.dims, "neighbours": space.neighbours,
+                         "novelty_distance": space.novelty_distance}
+        arrays["space/sample_features"] = np.asarray(space.sample_features, dtype=np.float32)
+        arrays["space/sample_positions"] = np.asarray(space.sample_positions, dtype=np.float64)
+    if density is not None:  # HDBSCAN's groups: a new image joins its nearest training image's
+        arrays["space/positions"] = np.asarray(density[0], dtype=np.float64)
+        arrays["space/labels"] = np.asarray(density[1], dtype=np.int32)
 
     def fill(f: h5py.File) -> None:
         h = hashlib.sha256()

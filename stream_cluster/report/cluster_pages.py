@@ -36,6 +36,7 @@ def write_cluster_pages(
     mean_size: tuple[int, int],
     per_page: int = PER_PAGE,
     n_outliers: int = 12,
+    noise: int | None = None,
 ) -> int:
     """Write ``out_dir/clusters/<c>.html`` (and ``<c>-2.html``... past ``per_page`` members).
 
@@ -56,7 +57,8 @@ def write_cluster_pages(
         far = [(r, int(members[r])) for r in range(size - 1, max(-1, size - 1 - n_outliers), -1)]
         for page in range(n_pages):
             lo, hi = page * per_page, min(size, (page + 1) * per_page)
-            heading = f"Cluster {c} — {size:,} images"
+            heading = f"Cluster {c} — {size:,} images" if c != noise else \
+                f"Cluster {c} — noise: {size:,} images HDBSCAN put in no cluster"
             parts = [*_head(f"{heading} · {title}", None), "<body>",
                      '<nav class="top"><a href="../index.html">← report</a>'
                      '<a href="../index.html#map-section">map</a>']
@@ -71,7 +73,7 @@ def write_cluster_pages(
                     '<div class="head"><figure>'
                     f'<img class="mean" src="../means/{c}.png" alt="mean image of cluster {c}" '
                     f'width="{mean_size[0]}" height="{mean_size[1]}">'
-                    "<figcaption>Mean image: the centre mapped back through the PCA"
+                    "<figcaption>Mean image: the members' mean features mapped back through the PCA"
                     "</figcaption></figure>",
                     f"<section><h2>Farthest from the centre ({len(far)})</h2>",
                     f"<p>Distance to the centre: median {np.median(d):.4g}, "

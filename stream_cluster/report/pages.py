@@ -194,12 +194,18 @@ class ClusterRow:
     farthest: Sequence[tuple[str, str]]
     names: Sequence[str]
     montage: str
+    noise: bool = False  #: HDBSCAN's images in no cluster
 
 
 def _thumb(src: str, name: str, thumb: ThumbSize | None, lazy: bool = True) -> str:
     size = f' width="{thumb.width}" height="{thumb.height}"' if thumb else ""
     load = ' loading="lazy"' if lazy else ""
     return f'<img src="{_url(src)}" alt="{_h(name)}" title="{_h(name)}"{size}{load}>'
+
+
+def _name(c: ClusterRow) -> str:
+    return f"cluster {int(c.cluster)} (noise: in no cluster)" if c.noise else \
+        f"cluster {int(c.cluster)}"
 
 
 def _cluster_rows(clusters: Sequence[ClusterRow], thumb: ThumbSize | None) -> list[str]:
@@ -212,7 +218,7 @@ def _cluster_rows(clusters: Sequence[ClusterRow], thumb: ThumbSize | None) -> li
         names = "".join(f"<li>{_h(n)}</li>" for n in c.names)
         parts.append(
             f'<tr id="cluster-{label}"><td><a href="{_url(c.page)}">'
-            f'<span class="swatch" data-cluster="{label}"></span>cluster {label}</a></td>'
+            f'<span class="swatch" data-cluster="{label}"></span>{_name(c)}</a></td>'
             f"<td>{int(c.size):,}</td>"
             f'<td>{_thumb(c.mean, f"mean image of cluster {label}", thumb)}</td>'
             f'<td><div class="strip">{nearest}</div>'
@@ -289,7 +295,7 @@ def write_index_html(
         ]
         parts += [
             f'<li><a href="{_url(c.page)}"><span class="swatch" data-cluster="{int(c.cluster)}">'
-            f"</span>cluster {int(c.cluster)}</a> ({int(c.size):,})</li>"
+            f"</span>{_name(c)}</a> ({int(c.size):,})</li>"
             for c in clusters
         ]
         parts += ["</ul>", _json_block("map-data", map_data.payload()), "</section>"]

@@ -58,7 +58,8 @@ from stream_cluster.parallel.dask_plan import DaskLayout, check_worker_budget, m
 from stream_cluster.report.results import RunResult, write_skipped
 from stream_cluster.runner import runfolder
 from stream_cluster.runner.dask_pca import pca_stage
-from stream_cluster.runner.sequence import Pixels, Runner, Steps, execute
+from stream_cluster.runner.sequence import execute
+from stream_cluster.runner.steps import Pixels, StageRunner, Steps
 from stream_cluster.stages.base import Progress, ProgressEvent, StageRecord
 from stream_cluster.stages.embed import feature_store
 from stream_cluster.stages.fit_pca import load_pca
@@ -79,7 +80,7 @@ __all__ = ["STAGES", "iter_run_dask"]
 
 logger = logging.getLogger(__name__)
 
-STAGES = ("scan", "ingest", "pca", "embed", "elbow", "cluster", "report")
+STAGES = ("scan", "ingest", "pca", "embed", "space", "elbow", "cluster", "report")
 #: Files of the distributed run besides the single-process ones (manifests, shard states).
 DASK_DIR = "dask"
 
@@ -131,7 +132,7 @@ class DaskSteps(Steps):
             self.client = client
             yield
 
-    def begin(self, run: Runner) -> None:
+    def begin(self, run: StageRunner) -> None:
         self.run, self.config, self.out = run, run.config, run.out
         self.executor = DaskExecutor(self.client)
         self.peaks, self.work = {}, {}
@@ -156,7 +157,7 @@ class DaskSteps(Steps):
 
     # -- the steps -------------------------------------------------------------------------------
     def prepare(
-        self, run: Runner, found: ScanResult, digest: str, mem_plan: MemoryPlan
+        self, run: StageRunner, found: ScanResult, digest: str, mem_plan: MemoryPlan
     ) -> tuple[MemoryPlan, str]:
         cfg, out, files = run.config, run.out, found.files
         self.layout, mem_plan = self._layout(mem_plan, os.fspath(found.root), files)
@@ -176,7 +177,8 @@ class DaskSteps(Steps):
         )
 
     def pixels(
-        self, run: Runner, found: ScanResult, mem_plan: MemoryPlan, skipped: list[tuple[str, str]]
+        self, run: StageRunner, found: ScanResult, mem_plan: MemoryPlan,
+        skipped: list[tuple[str, str]],
     ) -> Generator[ProgressEvent, None, Pixels]:
         cfg, out, layout = run.config, run.out, self.layout
         ingest = self._ingest(self.record("ingest"), layout, Path(found.root), self.ordered,
@@ -191,11 +193,11 @@ class DaskSteps(Steps):
         return Pixels(pixels, pixels.names(), None, skipped)
 
     def embed(
-        self, run: Runner, px: Pixels, mem_plan: MemoryPlan, n_keep: int, pca_key: Any
+        self, run: StageRunner, px: Pixels, mem_plan: MemoryPlan, n_keep: int, pca_key: Any
     ) -> Generator[Progress, None, RowStore]:
         return self._embed(self.layout, n_keep, pca_key, len(px.names))
 
-    def finish(self, run: Runner) -> None:
+    def finish(self, run: StageRunner) -> None:
         self._write_dask_section(self.layout, self.n_workers)
 
     def _layout(

@@ -18,7 +18,8 @@ from stream_cluster.memory.planner import disk_need
 from stream_cluster.pca.streaming import StreamingPCA
 from stream_cluster.report.results import write_skipped
 from stream_cluster.runner import runfolder
-from stream_cluster.runner.sequence import STAGES, Pixels, Runner, Steps
+from stream_cluster.runner.sequence import STAGES
+from stream_cluster.runner.steps import Pixels, StageRunner, Steps
 from stream_cluster.stages.base import Progress, ProgressEvent, in_background, timed
 from stream_cluster.stages.embed import embed, feature_store
 from stream_cluster.stages.fit_pca import RowsFeed, fit_pca, load_pca, resume_cursor
@@ -38,7 +39,7 @@ BACKGROUND_NICE = 19  #: decode workers beside the PCA take only the CPU its BLA
 class LocalSteps(Steps):
     """Pixels, PCA and features made in this process and its decode workers."""
 
-    def begin(self, run: Runner) -> None:
+    def begin(self, run: StageRunner) -> None:
         if run.config.keep_pixels == "never" and run.update:
             raise ConfigError(
                 "--update grows a run from its pixel store; this run keeps none "
@@ -46,7 +47,7 @@ class LocalSteps(Steps):
             )
 
     def prepare(
-        self, run: Runner, found: ScanResult, digest: str, mem_plan: MemoryPlan
+        self, run: StageRunner, found: ScanResult, digest: str, mem_plan: MemoryPlan
     ) -> tuple[MemoryPlan, str]:
         cfg, out, files = run.config, run.out, found.files
         pca_rec = run.record("pca")
@@ -61,7 +62,8 @@ class LocalSteps(Steps):
         return mem_plan, ""
 
     def pixels(
-        self, run: Runner, found: ScanResult, mem_plan: MemoryPlan, skipped: list[tuple[str, str]]
+        self, run: StageRunner, found: ScanResult, mem_plan: MemoryPlan,
+        skipped: list[tuple[str, str]],
     ) -> Generator[ProgressEvent, None, Pixels]:
         cfg, out, files, scan_skipped = run.config, run.out, found.files, skipped
         ingest_rec = run.record("ingest")
@@ -138,7 +140,7 @@ class LocalSteps(Steps):
         return Pixels(source, all_names, rows, [*scan_skipped, *decoded], model, closing)
 
     def embed(
-        self, run: Runner, px: Pixels, mem_plan: MemoryPlan, n_keep: int, pca_key: Any
+        self, run: StageRunner, px: Pixels, mem_plan: MemoryPlan, n_keep: int, pca_key: Any
     ) -> Generator[Progress, None, RowStore]:
         out = run.out
         assert px.rows is not None

@@ -116,11 +116,12 @@ def check_settings(state: RunState, config: RunConfig) -> None:
                 f"({_differences(rec.get('key') or {}, config.stage_key(stage))}). Rerun with "
                 f"--fresh to discard it and start over, or give another --out folder."
             )
-    for stage in ("elbow", "cluster"):
+    later = ["space", "elbow", "cluster", "report"]
+    for i, stage in enumerate(later[:-1]):
         rec = state.stage(stage)
         if rec and not same_key(rec.get("key"), config.stage_key(stage)):
             logger.info("settings for %s changed; it will run again", stage)
-            state.reset([stage, "report"])
+            state.reset(later[i:] if stage == "space" else [stage, "report"])
 
 
 def check_inputs(state: RunState, out: Path, files: list[str], digest: str) -> None:
@@ -220,6 +221,6 @@ def repair(config: RunConfig, exc: CorruptSegmentError) -> bool:
         return True
     if path.parent == out / "features":
         logger.warning("%s was corrupt; the features are computed again", path)
-        RunState(out / "state.json").reset(["embed", "elbow", "cluster", "report"])
+        RunState(out / "state.json").reset(["embed", "space", "elbow", "cluster", "report"])
         return True
     return False

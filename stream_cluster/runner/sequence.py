@@ -10,86 +10,36 @@ from __future__ import annotations
 import logging
 import os
 import time
-from abc import ABC, abstractmethod
 from collections.abc import Generator
-from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass, field
-from typing import Any, TypeVar
-
-import numpy as np
+from typing import TypeVar
 
 from stream_cluster.config import RunConfig
 from stream_cluster.errors import CorruptSegmentError
-from stream_cluster.images.scan import ScanResult, files_digest, scan
+from stream_cluster.images.scan import files_digest, scan
 from stream_cluster.memory.budget import MemoryPlan
 from stream_cluster.memory.planner import plan_run
 from stream_cluster.memory.sampler import MemorySampler
-from stream_cluster.pca.streaming import StreamingPCA
 from stream_cluster.report.results import RunResult, write_run_json
 from stream_cluster.runner import runfolder
-from stream_cluster.stages.base import Progress, ProgressEvent, StageRecord
-from stream_cluster.stages.clustering import Elbow, cluster, elbow, feature_source
+from stream_cluster.runner.steps import Pixels, StageRunner, Steps
+from stream_cluster.stages.base import ProgressEvent
+from stream_cluster.stages.clustering import (
+    Elbow,
+    cluster,
+    elbow,
+    feature_source,
+    position_source,
+)
+from stream_cluster.stages.space import space_stage
 from stream_cluster.stages.update import compare_labels, previous_centers, start_update
-from stream_cluster.storage.checkpoint import RunLock, RunState
-from stream_cluster.storage.rows import RowSource
-from stream_cluster.storage.store import RowStore
+from stream_cluster.storage.checkpoint import RunLock
 
-__all__ = ["STAGES", "Pixels", "Runner", "Steps", "execute"]
+__all__ = ["STAGES", "Runner", "execute"]
 
 logger = logging.getLogger(__name__)
 
-STAGES = ("scan", "ingest", "pca", "embed", "elbow", "cluster", "report")
+STAGES = ("scan", "ingest", "pca", "embed", "space", "elbow", "cluster", "report")
 T = TypeVar("T")
-
-
-@dataclass
-class Pixels:
-    """What the ingest and PCA steps leave for the rest: the pixel rows, the store's names,
-    the rows of the current files (None: all), the skipped files and the PCA if in memory."""
-
-    source: RowSource
-    names: list[bytes]
-    rows: np.ndarray | None
-    skipped: list[tuple[str, str]]
-    model: StreamingPCA | None = None
-    closing: list[Any] = field(default_factory=list)  #: closed when the run is done with them
-
-
-class Steps(ABC):
-    """How a run makes its pixel rows, its PCA and its features; the runner does the rest."""
-
-    sampler: type[MemorySampler] = MemorySampler
-
-    def check(self, config: RunConfig, fresh: bool, update: bool) -> None:  # noqa: B027 (an optional hook)
-        """Checks before the run folder is touched."""
-
-    def session(self, config: RunConfig) -> AbstractContextManager[Any]:
-        """What stays open for the whole run (under the run lock)."""
-        return nullcontext()
-
-    def begin(self, run: Runner) -> None:  # noqa: B027 (an optional hook)
-        """At the start of each attempt, under the run lock: checks, fresh per-attempt state."""
-
-    @abstractmethod
-    def prepare(
-        self, run: Runner, found: ScanResult, digest: str, mem_plan: MemoryPlan
-    ) -> tuple[MemoryPlan, str]:
-        """Adapt the plan, check the disk, start the ingest; the plan and where the run runs."""
-
-    @abstractmethod
-    def pixels(
-        self, run: Runner, found: ScanResult, mem_plan: MemoryPlan, skipped: list[tuple[str, str]]
-    ) -> Generator[ProgressEvent, None, Pixels]:
-        """Run the ingest and PCA stages (through ``run.stage``)."""
-
-    @abstractmethod
-    def embed(
-        self, run: Runner, px: Pixels, mem_plan: MemoryPlan, n_keep: int, pca_key: Any
-    ) -> Generator[Progress, None, RowStore]:
-        """The embed stage: every current row projected by the PCA into the feature store."""
-
-    def finish(self, run: Runner) -> None:  # noqa: B027 (an optional hook)
-        """After ``run.json`` is written: add what this way of running measured."""
 
 
 def execute(
@@ -114,62 +64,14 @@ def execute(
     raise AssertionError("unreachable")
 
 
-class Runner:
+class Runner(StageRunner):
     """One attempt: sequences the stages and keeps their records; ``steps`` does the pixels."""
 
     def __init__(
         self, config: RunConfig, sampler: MemorySampler, steps: Steps, update: bool
     ) -> None:
-        self.config, self.out, self.sampler, self.update = config, config.out_dir, sampler, update
+        super().__init__(config, sampler, update)
         self.steps = steps
-        self.state = RunState(self.out / "state.json")
-        self.skipped = 0
-
-    def record(self, stage: str) -> StageRecord:
-        """The durable record of ``stage`` in ``state.json``."""
-        return StageRecord(self.state, stage)
-
-    def leave(self, stage: str, t0: float, accumulate: bool = True) -> None:
-        """Record a stage's wall time since ``t0`` (added to earlier attempts') and its peak."""
-        self.sampler.sample()
-        rec = self.state.stage(stage)
-        seconds = time.perf_counter() - t0 + (float(rec.get("seconds", 0.0)) if accumulate else 0)
-        peak = max(int(rec.get("peak_rss", 0)), self.sampler.stage_peaks.get(stage, 0))
-        self.state.update(stage, seconds=seconds, peak_rss=peak)
-
-    def stage(
-        self, name: str, gen: Generator[Progress, None, T], timed: bool = True
-    ) -> Generator[ProgressEvent, None, T]:
-        """Run one stage generator: set the memory label, turn Progress into events, time it."""
-        if timed:
-            self.sampler.stage = name
-        t0, worked = time.perf_counter(), False
-        try:
-            while True:
-                try:
-                    p = next(gen)
-                except StopIteration as stop:
-                    value: T = stop.value
-                    break
-                worked = True
-                self.skipped = self.skipped if p.skipped is None else p.skipped
-                yield self.event(p.stage, p.done, p.total, p.unit, self.skipped, p.message)
-        finally:
-            gen.close()
-        if worked:
-            self.leave(name, t0, accumulate=timed)
-        return value
-
-    def event(self, stage: str, done: int, total: int, unit: str, skipped: int, message: str = ""
-              ) -> ProgressEvent:  # fmt: skip
-        """A progress event with the memory figures of now."""
-        return ProgressEvent(stage, done, total, unit, self.sampler.current,
-                             self.config.mem_budget, skipped, message)  # fmt: skip
-
-    def peak(self) -> int:
-        """The run's peak RSS so far, over every attempt."""
-        stages = self.state.data["stages"].values()
-        return max([self.sampler.peak, *[int(r.get("peak_rss", 0)) for r in stages]])
 
     def run(self) -> Generator[ProgressEvent, None, RunResult]:
         cfg, out = self.config, self.out
@@ -204,12 +106,22 @@ class Runner:
         n_keep = int(pca_rec.get("n_keep"))
         embedding = self.steps.embed(self, px, mem_plan, n_keep, pca_rec.get("key"))
         features = yield from self.stage("embed", embedding)
+        space = positions = None
+        if cfg.space == "tsne":
+            space, positions = yield from self.stage(
+                "space",
+                space_stage(self.record("space"), features, seed=cfg.seed,
+                            key=cfg.stage_key("space"), out_dir=out),
+            )  # fmt: skip
         self.sampler.stage = "elbow"
-        source = feature_source(features, mem_plan)
+        source = feature_source(features, mem_plan) if positions is None else \
+            position_source(positions)
         curve: Elbow = yield from self.stage(
             "elbow",
-            elbow(self.record("elbow"), source, enabled=cfg.do_elbow, k_range=cfg.k_range,
-                  seed=cfg.seed, key=cfg.stage_key("elbow")),
+            elbow(self.record("elbow"), source, k_range=cfg.k_range,
+                  enabled=cfg.do_elbow if cfg.clusterer == "kmeans" else bool(cfg.elbow),
+                  seed=cfg.seed, key=cfg.stage_key("elbow"),
+                  pick="knee" if positions is None else "silhouette"),
         )  # fmt: skip
         if curve.inertias and curve.knee is None and cfg.k is None:
             logger.warning("no clear knee in the inertia curve; using k=%d (set --k to choose)",
@@ -220,8 +132,10 @@ class Runner:
             "cluster",
             cluster(self.record("cluster"), source, k, seed=cfg.seed,
                     key=cfg.stage_key("cluster"), out_dir=out,
-                    init=previous_centers(out, self.state, k)),
+                    init=previous_centers(out, self.state, k) if positions is None else None,
+                    method=cfg.clusterer),
         )  # fmt: skip
+        k = len(km.centers)  # HDBSCAN found its own
         del source
         rows = range(len(px.names)) if px.rows is None else px.rows
         names = [os.fsdecode(px.names[i]) for i in rows]
@@ -232,7 +146,9 @@ class Runner:
             "report",
             report_stage(out, cfg, px.source, names, km, px.skipped, n_keep=n_keep, k=k,
                          pca=pca_rec.data, elbow=curve, peak=self.peak(),
-                         sample=self.sampler.sample, features=features, rows=px.rows),
+                         sample=self.sampler.sample, features=features, rows=px.rows,
+                         space=space, positions=positions,
+                         noise=self.record("cluster").get("noise")),
         )  # fmt: skip
         stages = self.state.data["stages"]
         result = RunResult(

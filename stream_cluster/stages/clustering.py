@@ -16,12 +16,13 @@ from sklearn.metrics import silhouette_score
 
 from stream_cluster.memory.budget import MemoryPlan
 from stream_cluster.model.choose_k import find_knee
+from stream_cluster.model.density import fit_hdbscan
 from stream_cluster.model.kmeans import FeatureSource, KMeansResult, fit_kmeans
 from stream_cluster.stages.base import Progress, StageRecord
 from stream_cluster.storage.checkpoint import load_arrays, save_arrays
 from stream_cluster.storage.store import RowStore
 
-__all__ = ["Elbow", "cluster", "elbow", "feature_source", "load_kmeans"]
+__all__ = ["Elbow", "cluster", "elbow", "feature_source", "load_kmeans", "position_source"]
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +35,12 @@ def feature_source(features: RowStore, plan: MemoryPlan) -> FeatureSource:
     return FeatureSource(
         features, batch_size=plan.kmeans_batch, fit_in_memory=plan.kmeans_mode == "load"
     )
+
+
+def position_source(positions: np.ndarray) -> FeatureSource:
+    """Every image's position in the learned space, as k-means reads them (in memory: two
+    float64 per image, 1.6 MB for 100,000 images)."""
+    return FeatureSource(np.ascontiguousarray(positions, dtype=np.float64))
 
 
 #: Rows of the fixed, seeded sample the silhouette of each k is measured on.
@@ -79,8 +86,13 @@ def elbow(
     k_range: tuple[int, int],
     seed: int,
     key: dict[str, object],
+    pick: str = "knee",
 ) -> Generator[Progress, None, Elbow]:
-    """The elbow stage: fit k-means for every k in ``k_range`` and find the knee.
+    """The elbow stage: fit k-means for every k in ``k_range`` and pick a k.
+
+    ``pick="knee"`` picks the knee of the inertia curve; ``"silhouette"`` the k of the best
+    silhouette (in a learned 2-D space the knee undershoots: digits' 10 classes give a knee at
+    8 and the best silhouette at 10, benchmarks/RESULTS_quality.md).
 
     Each k also gets the silhouette of a fixed seeded sample of at most
     :data:`SILHOUETTE_SAMPLE` rows, recorded with its inertia so a resumed sweep keeps both.
@@ -118,6 +130,9 @@ def elbow(
         record.update(done=True)
     knee = find_knee(ks, [inertias[k] for k in ks])
     kept = {k: float(v) for k, v in scores.items() if v is not None}
+    if pick == "silhouette" and kept:
+        best = max(kept, key=lambda a: (kept[a], -a))  # ties: the smaller k
+        return Elbow(inertias, best, "silhouette", kept)
     return Elbow(inertias, knee.k, knee.method, kept)
 
 
@@ -138,22 +153,30 @@ def cluster(
     key: dict[str, object],
     out_dir: Path,
     init: np.ndarray | None = None,
+    method: str = "kmeans",
 ) -> Generator[Progress, None, KMeansResult]:
     """The cluster stage: k-means with ``k`` clusters over all features, saved to kmeans.h5.
 
-    ``init`` warm-starts from given centres (a growing run's previous ones).
+    ``init`` warm-starts from given centres (a growing run's previous ones). ``method=
+    "hdbscan"`` groups the (2-D) features with HDBSCAN instead and ignores ``k``; its noise is
+    the last group (the record's ``noise``).
     """
     path = out_dir / "kmeans.h5"
-    key = {**key, "k_used": k}
+    key = {**key, "k_used": k if method == "kmeans" else None}
     if record.done and record.get("key") == key and path.exists():
         return load_kmeans(path)
-    yield Progress("cluster", 0, 1, "k", f"k={k}")
-    km = fit_kmeans(source, k, seed=seed, init=init)
+    yield Progress("cluster", 0, 1, "k", f"k={k}" if method == "kmeans" else "HDBSCAN")
+    noise = None
+    if method == "hdbscan":
+        km, noise = fit_hdbscan(np.asarray(source.data))
+        k = len(km.centers)
+    else:
+        km = fit_kmeans(source, k, seed=seed, init=init)
     save_arrays(
         path,
         {"centers": km.centers, "labels": km.labels, "sq_distances": km.sq_distances},
-        {"k": k, "inertia": km.inertia, "seed": seed},
+        {"k": k, "inertia": km.inertia, "seed": seed, "noise": noise},
     )
-    record.update(key=key, done=True, k=k, inertia=km.inertia)
+    record.update(key=key, done=True, k=k, inertia=km.inertia, noise=noise)
     yield Progress("cluster", 1, 1, "k", f"k={k}")
     return km

@@ -26,6 +26,7 @@ from stream_cluster.config import RunConfig, format_bytes
 from stream_cluster.images.decode import PIXEL_SCALE
 from stream_cluster.model.format import Preprocessing, cluster_statistics, write_model
 from stream_cluster.model.kmeans import KMeansResult
+from stream_cluster.model.space import ClusterSpace
 from stream_cluster.report.cluster_pages import write_cluster_pages
 from stream_cluster.report.mapview import (
     MAP_DIMS,
@@ -103,6 +104,7 @@ class ReportInputs:
     silhouettes: Mapping[int, float] | None = None
     seed: int = 0
     pca_path: Path | None = None
+    noise: int | None = None  #: the cluster that holds HDBSCAN's noise
 
 
 def _plots(out_dir: Path, info: ReportInputs, sizes: Sequence[int],
@@ -144,7 +146,7 @@ def _montages(out_dir: Path, pixels: RowSource, names: Sequence[str], order: Clu
 
 
 def _cluster_rows(names: Sequence[str], order: ClusterOrder, k: int,
-                  montage_images: int) -> list[ClusterRow]:
+                  montage_images: int, noise: int | None = None) -> list[ClusterRow]:
     rows: list[ClusterRow] = []
     for c in range(k):
         members, size = order.members(c), order.size(c)
@@ -156,7 +158,7 @@ def _cluster_rows(names: Sequence[str], order: ClusterOrder, k: int,
                      for r in range(min(size, _INDEX_NEAREST))],
             farthest=[(f"thumbs/{c}/{r}.jpg", names[int(members[r])]) for r in far],
             names=[names[int(i)] for i in members[:montage_images]],
-            montage=f"montages/cluster-{c:03d}.png",
+            montage=f"montages/cluster-{c:03d}.png", noise=c == noise,
         ))
     return rows
 
@@ -170,10 +172,13 @@ def write_report(
     info: ReportInputs,
     features: RowStore | np.ndarray | None = None,
     rows: np.ndarray | None = None,
+    positions: np.ndarray | None = None,
 ) -> Generator[Progress, None, None]:
     """The report: plots, thumbnails, mean images, montages, cluster pages, the map, index.html.
 
-    Without ``features`` (or without ``info.pca_path``) the page has no map (no mean images).
+    The map shows ``positions`` (the learned space the clusters were found in) if given, else a
+    t-SNE of ``features``; with neither (or without ``info.pca_path``) the page has no map (no
+    mean images).
 
     Memory: one batch of 128 pixel rows (16 MB at 300 x 430), the map's inputs
     (``4 * n * 50`` bytes, 1.6 MB for 8,121 images) and t-SNE of 2,000 of them (~40 MB), the
@@ -192,10 +197,12 @@ def write_report(
     total = n + k
 
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="report-map") as pool:
-        positions = None
-        if features is not None:
+        mapped = None
+        if positions is not None:
+            mapped = pool.submit(np.asarray, positions)
+        elif features is not None:
             x = leading_columns(features)
-            positions = pool.submit(embed_2d, x, seed=info.seed)
+            mapped = pool.submit(embed_2d, x, seed=info.seed)
             del x
         images = _plots(out_dir, info, np.diff(order.starts).tolist(), colours)
         yield Progress("report", 0, total, "images", "thumbnails")
@@ -209,31 +216,54 @@ def write_report(
                 break
             yield Progress("report", done, total, "images", "thumbnails")
         full = (info.width, info.height)
-        if info.pca_path is not None:
+        # In the learned space a centre is a 2-D point: the mean image is the members' mean
+        # PCA features mapped back.
+        centres = km.centers if positions is None else \
+            None if features is None else cluster_feature_means(features, km.labels, k)
+        if info.pca_path is not None and centres is not None:
             with open_arrays(info.pca_path) as (state, _):
-                write_mean_images(out_dir, state, km.centers, width=info.width,
+                write_mean_images(out_dir, state, centres, width=info.width,
                                   height=info.height, scale=float(PIXEL_SCALE))
         for c in _montages(out_dir, pixels, names, order, info):
             yield Progress("report", n + c + 1, total, "images", "montages")
         write_cluster_pages(out_dir, title=info.title, names=names, order=order,
-                            distances=distances, thumb=thumb, mean_size=full)
+                            distances=distances, thumb=thumb, mean_size=full, noise=info.noise)
         if info.memory_csv is not None and info.memory_csv.exists():
             plot_memory_timeline(info.memory_csv, out_dir / "memory.png",
                                  budget_bytes=info.budget)
             images["Memory timeline (RSS of the process tree)"] = "memory.png"
         map_data = None
-        if positions is not None:
-            xy = quantize(positions.result()[order.order])
+        if mapped is not None:
+            xy = quantize(mapped.result()[order.order])
             map_data = MapData(xy, [order.size(c) for c in range(k)], colours, thumb, PER_PAGE)
     summary = dict(info.summary)
     if map_data is not None:
-        summary["map"] = (f"t-SNE of {min(n, MAP_SAMPLE):,} images sampled with seed "
+        summary["map"] = (("the space the clusters were found in: " if positions is not None
+                           else "") +
+                          f"t-SNE of {min(n, MAP_SAMPLE):,} images sampled with seed "
                           f"{info.seed} (first {MAP_DIMS} components); the others placed by "
                           "their 5 nearest sampled images")
     write_index_html(out_dir / "index.html", title=info.title, summary=summary,
-                     clusters=_cluster_rows(names, order, k, info.montage_images),
+                     clusters=_cluster_rows(names, order, k, info.montage_images, info.noise),
                      skipped=skipped, images=images, map_data=map_data)
     yield Progress("report", total, total, "images", "index.html")
+
+
+def cluster_feature_means(features: RowStore | np.ndarray, labels: np.ndarray,
+                          k: int, batch: int = 4096) -> np.ndarray:
+    """Each cluster's mean feature row (``k x width`` float64), read in batches.
+
+    Memory: the sums (``8 k width``: 64 KB for k = 10 and 800 features) and one batch.
+    """
+    width = int(features.row_size if isinstance(features, RowStore) else features.shape[1])
+    sums = np.zeros((k, width))
+    for lo in range(0, len(labels), batch):
+        rows = features.read(lo, lo + batch) if isinstance(features, RowStore) else \
+            features[lo : lo + batch]
+        np.add.at(sums, labels[lo : lo + len(rows)], rows.astype(np.float64))
+    counts = np.bincount(labels, minlength=k).astype(np.float64)
+    out: np.ndarray = sums / np.maximum(counts, 1.0)[:, None]
+    return out
 
 
 def report_summary(
@@ -278,11 +308,16 @@ def report_stage(
     sample: Callable[[], int] | None = None,
     features: RowStore | None = None,
     rows: np.ndarray | None = None,
+    space: ClusterSpace | None = None,
+    positions: np.ndarray | None = None,
+    noise: int | None = None,
 ) -> Generator[Progress, None, np.ndarray]:
     """The report stage: labels.csv, skipped.csv, model.h5 and the report (:func:`write_report`).
 
     ``pca`` is the PCA stage's record (explained variance); ``sample`` takes a last memory
-    sample before the timeline is drawn; ``features`` (the run's feature store) gives the map.
+    sample before the timeline is drawn; ``features`` (the run's feature store) gives the map,
+    or ``positions`` does (the learned ``space`` the clusters were found in, also saved in
+    model.h5).
     Returns the cluster sizes.
 
     Memory: see :func:`write_report`; model.h5 is copied from pca.h5 in 16 MB blocks.
@@ -295,7 +330,10 @@ def report_stage(
             out_dir / "model.h5", pca_state, n_components=n_keep, centers=km.centers,
             cluster_sizes=sizes, distance_percentiles=pct,
             preprocessing=Preprocessing(config.width, config.height), n_images=len(names),
-            extra={"inertia": km.inertia, "seed": config.seed},
+            extra={"inertia": km.inertia, "seed": config.seed, "clusterer": config.clusterer,
+                   "noise_cluster": noise},
+            space=space, density=None if config.clusterer != "hdbscan" or positions is None
+            else (positions, km.labels),
         )  # fmt: skip
     ev = float(pca["explained_variance"])
     summary = report_summary(
@@ -307,10 +345,11 @@ def report_stage(
         pca["explained_variance_ratio"], n_keep, config.variance, elbow.inertias,
         k if config.k is not None else elbow.knee, elbow.method, config.montage_images,
         out_dir / "memory.csv" if config.profile_memory else None, config.mem_budget,
-        elbow.silhouettes, config.seed, out_dir / "pca.h5",
+        elbow.silhouettes, config.seed, out_dir / "pca.h5", noise,
     )  # fmt: skip
     if config.profile_memory and sample is not None:
         sample()
-    yield from write_report(out_dir, pixels, names, km, skipped, info, features, rows)
+    yield from write_report(out_dir, pixels, names, km, skipped, info, features, rows,
+                            positions)
     return sizes
 

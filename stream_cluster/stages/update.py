@@ -134,7 +134,8 @@ def start_update(
     km, _ = load_arrays(out_dir / "kmeans.h5", required=("centers", "labels"))
     from stream_cluster.storage.store import RowStore
 
-    names = RowStore(out_dir / "features", km["centers"].shape[1], np.float32).names()
+    width = int(state.stage("pca")["n_keep"])  # the features' width (centres may be 2-D)
+    names = RowStore(out_dir / "features", width, np.float32).names()
     gone = {os.fsencode(f) for f in change.changed}  # a changed file is not an earlier image
     keep = np.array([n not in gone for n in names], dtype=bool)
     save_arrays(
@@ -161,7 +162,7 @@ def start_update(
         done=False, files_digest=digest, n_files=len(order), next_file=len(order) - len(new)
     )
     stages["pca"].update(done=False)
-    for name in ("embed", "elbow", "cluster", "report"):
+    for name in ("embed", "space", "elbow", "cluster", "report"):
         stages.pop(name, None)
     stages["update"] = {
         "generation": generation,
