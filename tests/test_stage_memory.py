@@ -19,7 +19,8 @@ from .conftest import make_shapes_corpus
 
 #: Which modelled stage bounds each stage the runner records.
 MODELLED = {"scan": "scan", "ingest": "ingest", "pca": "pca", "ingest+pca": "ingest+pca",
-            "embed": "embed", "space": "space", "elbow": "kmeans", "cluster": "kmeans", "report": "report"}
+            "embed": "embed", "space": "space", "elbow": "kmeans", "cluster": "kmeans",
+            "report": "report"}
 
 
 @pytest.mark.parametrize("keep_pixels", ["always", "never"])
