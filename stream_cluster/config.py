@@ -23,6 +23,8 @@ PCA_SOLVERS = ("gram", "sklearn")
 STORE_COMPRESSIONS = ("auto", "none", "lz4", "zstd")
 #: ``--keep-pixels``: keep the decoded pixels in a store, or decode the images again instead.
 KEEP_PIXELS = ("always", "never")
+#: ``--features``: what the PCA sees (stream_cluster.images.features checks the rest).
+_FEATURES_RE = re.compile(r"pixels|hog(:\d+)?|onnx:.+", re.DOTALL)
 #: ``local:N`` or a scheduler address (``tcp://host:8786``, ``tls://...``, ``host:port``).
 _DASK_RE = re.compile(
     r"local:[1-9]\d*|(?!local:)((tcp|tls|ucx|ws|wss|inproc)://)?([\w.\-]+|\[[\dA-Fa-f:.]+\])(:\d+)?"
@@ -140,6 +142,9 @@ class RunConfig:
     dask : str or None
         Run on Dask: ``local:N`` (N local worker processes) or a scheduler address such as
         ``tcp://host:8786``; ``mem_budget`` then applies to each worker and to the client.
+    features : str
+        What the PCA is fitted on: ``pixels`` (default), ``hog``, ``hog:CELL`` or
+        ``onnx:MODEL.onnx`` (see :mod:`stream_cluster.images.features`).
     """
 
     input_dir: Path
@@ -164,6 +169,7 @@ class RunConfig:
     store_compression: str = "auto"
     keep_pixels: str = "always"
     dask: str | None = None
+    features: str = "pixels"
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
@@ -225,6 +231,17 @@ class RunConfig:
                 f"--dask must be local:N (N >= 1 worker processes on this machine) or a Dask "
                 f"scheduler address such as tcp://host:8786. Got {self.dask!r} instead."
             )
+        if not _FEATURES_RE.fullmatch(self.features):
+            raise ConfigError(
+                f"--features must be pixels, hog, hog:CELL or onnx:MODEL.onnx. "
+                f"Got {self.features!r} instead."
+            )
+        if self.features != "pixels" and (self.dask is not None or self.keep_pixels == "never"):
+            raise ConfigError(
+                f"--features {self.features} runs in the local ingest with a pixel store: it "
+                f"cannot be used with --dask or --keep-pixels never yet. Drop those flags, or "
+                f"use --features pixels."
+            )
         if self.out_dir.exists() and not self.out_dir.is_dir():
             raise ConfigError(
                 f"--out {self.out_dir} exists and is a file, not a folder. Give a folder path."
@@ -259,6 +276,9 @@ class RunConfig:
             "cluster": ["k", "seed", "variance"],
         }[stage]
         d = self.as_dict()
+        if stage == "ingest" and self.features != "pixels":  # pixels: keys as before
+            d["features_sha256"] = self.extra.get("features_sha256")
+            keys += ["features", "features_sha256"]
         return {k: d[k] for k in keys}
 
 

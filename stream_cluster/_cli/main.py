@@ -132,6 +132,11 @@ def _add_run_options(p: argparse.ArgumentParser, *, demo: bool = False) -> None:
         "the images are decoded again for the embed pass and the report, so a run takes "
         "longer (same labels). Not with --update or --dask.",
     )
+    p.add_argument("--features", default="pixels", metavar="pixels|hog[:CELL]|onnx:FILE",
+                   help="what the PCA is fitted on: the grey pixels (default); hog: scikit-image "
+                   "HOG (9 orientations, CELL px cells, default min(w,h)//12, 2x2 blocks); onnx:"
+                   "FILE: that ONNX image model's output, run on the CPU (nothing is downloaded). "
+                   "hog and onnx need pip install 'stream-cluster[features]'")  # fmt: skip
     p.add_argument(
         "--fresh", action="store_true", help="discard what the run folder holds and start over"
     )
@@ -172,13 +177,8 @@ def _parser(command: str) -> argparse.ArgumentParser:
     return p
 
 
-def _config(
-    args: argparse.Namespace,
-    images: Path,
-    default_size: str,
-    default_components: int,
-    default_k: str,
-) -> RunConfig:
+def _config(args: argparse.Namespace, images: Path, default_size: str, default_components: int,
+            default_k: str) -> RunConfig:  # fmt: skip
     width, height = parse_size(args.size or default_size)
     out = args.out or Path("stream-cluster-runs") / (images.resolve().name or "images")
     return RunConfig(
@@ -204,6 +204,7 @@ def _config(
         store_compression=args.store_compression,
         keep_pixels=args.keep_pixels,
         dask=args.dask,
+        features=args.features,
     )
 
 
@@ -365,11 +366,11 @@ def _main(command: str, args: argparse.Namespace, stop: _StopOnSignals) -> int:
         stop.where = os.fspath(config.out_dir)
         if command == "plan":
             from stream_cluster.images.scan import scan
-            from stream_cluster.runner.pipeline import plan_folder
+            from stream_cluster.runner.pipeline import plan_folder, with_features
 
             found = scan(config.input_dir, follow_external_symlinks=config.follow_symlinks)
             print(f"{len(found.files)} image files in {config.input_dir}")
-            mem_plan = plan_folder(config, found.root, found.files)
+            mem_plan = plan_folder(with_features(config)[0], found.root, found.files)
             print(mem_plan.describe())
             if config.dask is not None:
                 from stream_cluster.parallel.dask_plan import describe_dask

@@ -122,6 +122,7 @@ def iter_assign(
     """
     run_dir = Path(run)
     model = load_model(run_dir)
+    model.extractor()  # --features: a changed or missing ONNX file is refused before decoding
     batch, n_workers = _plan(model, mem_budget, workers)
     csv_path = Path(out_csv) if out_csv is not None else run_dir / "assigned.csv"
     skipped_path = csv_path.with_name(csv_path.stem + "-skipped.csv")

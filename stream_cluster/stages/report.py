@@ -24,7 +24,12 @@ import numpy as np
 
 from stream_cluster.config import RunConfig, format_bytes
 from stream_cluster.images.decode import PIXEL_SCALE
-from stream_cluster.model.format import Preprocessing, cluster_statistics, write_model
+from stream_cluster.model.format import (
+    Preprocessing,
+    cluster_statistics,
+    features_meta,
+    write_model,
+)
 from stream_cluster.model.kmeans import KMeansResult
 from stream_cluster.report.cluster_pages import write_cluster_pages
 from stream_cluster.report.mapview import (
@@ -295,7 +300,7 @@ def report_stage(
             out_dir / "model.h5", pca_state, n_components=n_keep, centers=km.centers,
             cluster_sizes=sizes, distance_percentiles=pct,
             preprocessing=Preprocessing(config.width, config.height), n_images=len(names),
-            extra={"inertia": km.inertia, "seed": config.seed},
+            extra={"inertia": km.inertia, "seed": config.seed, **features_meta(config)},
         )  # fmt: skip
     ev = float(pca["explained_variance"])
     summary = report_summary(
@@ -307,7 +312,8 @@ def report_stage(
         pca["explained_variance_ratio"], n_keep, config.variance, elbow.inertias,
         k if config.k is not None else elbow.knee, elbow.method, config.montage_images,
         out_dir / "memory.csv" if config.profile_memory else None, config.mem_budget,
-        elbow.silhouettes, config.seed, out_dir / "pca.h5",
+        elbow.silhouettes, config.seed,
+        out_dir / "pca.h5" if config.features == "pixels" else None,  # mean images: pixel PCA
     )  # fmt: skip
     if config.profile_memory and sample is not None:
         sample()
