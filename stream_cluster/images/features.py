@@ -177,6 +177,7 @@ class OnnxFeatures(FeatureExtractor):
         self._session: Any = None
         self._dim: int | None = None
         self._measured = 0
+        self._batch = ONNX_BATCH
         self.sha256 = self._hash()
 
     @property
@@ -215,8 +216,8 @@ class OnnxFeatures(FeatureExtractor):
             self._measured = max(self._measured, _rss_peak() - before)
         return self._session
 
-    def _input(self, width: int, height: int) -> tuple[str, int]:
-        """The input's name and channel count; ConfigError if the shape cannot take the images."""
+    def _input(self, width: int, height: int) -> tuple[str, int, int]:
+        """The input's name, channels and images a call; ConfigError if it cannot take them."""
         inp = self.session().get_inputs()[0]
         shape = list(inp.shape)
         fixed = [s if isinstance(s, int) else None for s in shape]
@@ -232,7 +233,7 @@ class OnnxFeatures(FeatureExtractor):
                 f"input shape {shape}), not --size {width}x{height}. Run with --size "
                 f"{fixed[3]}x{fixed[2]}, or export the model with that or a free H and W."
             )
-        return inp.name, int(fixed[1] or 1)
+        return inp.name, int(fixed[1] or 1), int(fixed[0] or ONNX_BATCH)
 
     def _prepare(self, rows: np.ndarray, width: int, height: int, channels: int) -> np.ndarray:
         x = (np.asarray(rows, dtype=np.float32) * np.float32(1.0 / 255.0)).reshape(
@@ -245,33 +246,42 @@ class OnnxFeatures(FeatureExtractor):
 
     def dim(self, width: int, height: int) -> int:
         if self._dim is None:
-            name, channels = self._input(width, height)
+            name, channels, n = self._input(width, height)
             before = _rss_peak()
-            batch = np.full((ONNX_BATCH, width * height), 255, dtype=np.uint8)
+            batch = np.full((n, width * height), 255, dtype=np.uint8)
             out = self.session().run(None, {name: self._prepare(batch, width, height, channels)})
             self._measured += max(0, _rss_peak() - before)
             first = np.asarray(out[0])
-            if first.ndim < 1 or first.shape[0] != ONNX_BATCH or first.size == 0:
+            if first.ndim < 1 or first.shape[0] != n or first.size == 0:
                 raise ConfigError(
                     f"--features onnx: {self.path}'s first output has shape {first.shape} for "
-                    f"{ONNX_BATCH} images; it must have one row per image."
+                    f"{n} images; it must have one row per image."
                 )
-            self._dim = int(first.size // ONNX_BATCH)
+            self._batch = n
+            self._dim = int(first.size // n)
         return self._dim
 
     def transform(self, rows: np.ndarray, width: int, height: int) -> np.ndarray:
-        name, channels = self._input(width, height)
+        name, channels, n = self._input(width, height)
         out = np.empty((len(rows), self.dim(width, height)), dtype=np.float32)
-        for lo in range(0, len(rows), ONNX_BATCH):
-            x = self._prepare(rows[lo : lo + ONNX_BATCH], width, height, channels)
+        for lo in range(0, len(rows), n):
+            part = rows[lo : lo + n]
+            if len(part) < n and self._fixed_batch(width, height):  # pad a fixed-size batch
+                part = np.concatenate([part, np.full((n - len(part), part.shape[1]), 255,
+                                                     dtype=part.dtype)])  # fmt: skip
+            x = self._prepare(part, width, height, channels)
             y = np.asarray(self.session().run(None, {name: x})[0], dtype=np.float32)
-            out[lo : lo + len(x)] = y.reshape(len(x), -1)
+            take = min(n, len(rows) - lo)
+            out[lo : lo + take] = y.reshape(len(x), -1)[:take]
         return out
+
+    def _fixed_batch(self, width: int, height: int) -> bool:
+        return isinstance(self.session().get_inputs()[0].shape[0], int)
 
     def memory_bytes(self, width: int, height: int) -> int:
         """The session and one batch, as measured (peak RSS growth), plus the batch's arrays."""
         d = self.dim(width, height)
-        arrays = ONNX_BATCH * (3 * width * height * 4 * 2 + d * 4)
+        arrays = self._batch * (3 * width * height * 4 * 2 + d * 4)
         return self._measured + arrays + self.path.stat().st_size
 
     def describe(self) -> dict[str, Any]:
