@@ -218,3 +218,54 @@ def test_missing_package_says_how_to_install(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setitem(sys.modules, "skimage.feature", None)
     with pytest.raises(ConfigError, match=r"pip install 'stream-cluster\[features\]'"):
         parse_features("hog")
+
+
+def _ingest_segments(out: Path) -> tuple[int, bool]:
+    """The ingest record's durable segments and whether it is done (0, False before it)."""
+    try:
+        rec = json.loads((out / "state.json").read_text())["stages"]["ingest"]
+    except (OSError, ValueError, KeyError):
+        return 0, False
+    return int(rec.get("segments", 0)), bool(rec.get("done"))
+
+
+@pytest.mark.reproducibility
+def test_hog_kill9_resumes_to_identical_labels(tmp_path: Path) -> None:
+    """Check that kill -9 of a hog run in its ingest (between feature and pixel segments), and
+    again later, then a rerun, gives the labels of an uninterrupted run."""
+    import os
+    import random
+    import signal
+    import time
+
+    root = tmp_path / "images"
+    make_shapes_corpus(root, n=600, size=(24, 24), seed=5)
+    args = ["--size", "24x24", "--features", "hog:4", "--components", "12", "--batch-size",
+            "24", "--k", "3", "--workers", "2", "--no-progress", "--checkpoint-every", "0",
+            "--mem-budget", "2G"]  # fmt: skip
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+
+    def cmd(out: Path) -> list[str]:
+        return [sys.executable, "-m", "stream_cluster", str(root), "--out", str(out), *args]
+
+    subprocess.run(cmd(tmp_path / "ref"), check=True, env=env, timeout=300)
+    rng = random.Random(7)
+    out, mid_ingest = tmp_path / "run", 0
+    for want in (1, 6, 12, 10**9):  # durable ingest segments to wait for; then a later stage
+        proc = subprocess.Popen(cmd(out), env=env, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+        while proc.poll() is None and _ingest_segments(out)[0] < want and not _ingest_segments(
+            out
+        )[1]:
+            time.sleep(0.005)
+        time.sleep(rng.uniform(0.0, 0.05))
+        if proc.poll() is not None:
+            break
+        segments, done = _ingest_segments(out)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        mid_ingest += int(not done and segments > 0)
+    final = subprocess.run(cmd(out), env=env, capture_output=True, text=True, timeout=300)
+    assert final.returncode == 0, final.stderr
+    assert mid_ingest >= 1
+    assert (out / "labels.csv").read_bytes() == (tmp_path / "ref" / "labels.csv").read_bytes()
