@@ -269,3 +269,41 @@ def test_hog_kill9_resumes_to_identical_labels(tmp_path: Path) -> None:
     assert final.returncode == 0, final.stderr
     assert mid_ingest >= 1
     assert (out / "labels.csv").read_bytes() == (tmp_path / "ref" / "labels.csv").read_bytes()
+
+
+def test_corrupt_descriptor_segment_is_computed_again(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Check that a rotted HOG segment is detected, computed again from the pixel store, and
+    that the labels do not change."""
+    import os
+
+    from stream_cluster.storage.checkpoint import RunState
+
+    images, out = tmp_path / "img", tmp_path / "run"
+    make_shapes_corpus(images, n=60, size=(40, 50))
+    cfg = RunConfig(images, out, mem_budget=2 * 2**30, width=40, height=50, n_components=8, k=3,
+                    batch_size=16, checkpoint_seconds=0.0, workers=0, features="hog")  # fmt: skip
+    run(cfg)
+    want = (out / "labels.csv").read_bytes()
+    RunState(out / "state.json").reset(["pca", "embed", "elbow", "cluster", "report"])
+    for name in ("pca.h5", "pca-checkpoint.h5", "kmeans.h5", "labels.csv"):
+        (out / name).unlink(missing_ok=True)
+    segment = out / "descriptors" / "seg-000001.h5"
+    size = segment.stat().st_size
+    with open(segment, "r+b") as fh:
+        fh.seek(size // 2 - 2048)
+        fh.write(os.urandom(4096))
+    with caplog.at_level("WARNING", logger="stream_cluster"):
+        run(cfg)
+    assert (out / "labels.csv").read_bytes() == want
+    assert any("seg-000001.h5 was corrupt; computed its features again" in r.message
+               for r in caplog.records)  # fmt: skip
+
+
+def test_features_not_with_dask_or_without_pixel_store(tmp_path: Path) -> None:
+    """Check that hog/onnx with --dask or --keep-pixels never is refused, saying why."""
+    with pytest.raises(ConfigError, match="cannot be used with --dask or --keep-pixels never"):
+        RunConfig(tmp_path, tmp_path / "o", features="hog", dask="local:2")
+    with pytest.raises(ConfigError, match="cannot be used with --dask or --keep-pixels never"):
+        RunConfig(tmp_path, tmp_path / "o", features="hog", keep_pixels="never")
