@@ -307,3 +307,26 @@ def test_features_not_with_dask_or_without_pixel_store(tmp_path: Path) -> None:
         RunConfig(tmp_path, tmp_path / "o", features="hog", dask="local:2")
     with pytest.raises(ConfigError, match="cannot be used with --dask or --keep-pixels never"):
         RunConfig(tmp_path, tmp_path / "o", features="hog", keep_pixels="never")
+
+
+def test_components_capped_at_feature_dimension(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Check that --components above what the extractor gives is capped, with a warning, and
+    that the plan reserves the extractor's bytes from the budget."""
+    from stream_cluster.memory.planner import plan, with_features
+
+    cfg = RunConfig(tmp_path, tmp_path / "o", width=48, height=48, n_components=40,
+                    features="hog:24", workers=2)  # fmt: skip
+    with caplog.at_level("WARNING", logger="stream_cluster"):
+        got, ext = with_features(cfg)
+    assert ext is not None and ext.dim(48, 48) == 36  # 2x2 cells: one block of 4 x 9 bins
+    assert got.n_components == 36
+    assert any("--components 40 is more than" in r.message for r in caplog.records)
+    reserve = int(got.extra["features_bytes"])
+    assert reserve >= 2 * ext.memory_bytes(48, 48)  # one workspace per decode worker
+    assert with_features(RunConfig(tmp_path, tmp_path / "p"))[1] is None
+    small = RunConfig(tmp_path, tmp_path / "o", width=48, height=48, n_components=8,
+                      mem_budget=reserve, extra={"features_bytes": reserve})  # fmt: skip
+    with pytest.raises(Exception, match="needs .* more than --mem-budget"):
+        plan(small, 10)
