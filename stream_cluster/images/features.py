@@ -162,15 +162,20 @@ class HogFeatures(FeatureExtractor):
 
 
 class OnnxFeatures(FeatureExtractor):
-    """An ONNX image model run with onnxruntime on the CPU, :data:`ONNX_BATCH` images a call.
+    """An ONNX image model run with onnxruntime on the CPU, :data:`ONNX_BATCH` images a call
+    (or the model's fixed batch size, the last batch padded).
 
     Input rule: pixels scaled to 0..1; a 1-channel model gets that grey image, a 3-channel one
     gets it in each channel, normalised with ImageNet's mean and std (torchvision's rule). The
     model's first output is flattened per image into the feature row (float32). Its input must
     be rank 4 (N, C, H, W) with C 1 or 3 and H, W either free or equal to ``--size``.
 
-    Memory: the session (weights and arena, measured when it is opened) plus one batch's
-    activations (measured on one dummy batch); :meth:`memory_bytes` gives their sum.
+    Memory: the session (onnxruntime's import, the weights; growth of this process's peak RSS
+    when it is opened) plus one batch's activations (peak growth over two dummy batches), plus
+    the batch's input and output arrays: :meth:`memory_bytes`. onnxruntime's arena is off and
+    freed heap is trimmed after each batch, so every batch peaks as the dummy one did
+    (``benchmarks/features_memory.py`` measures it). The peak-RSS measure assumes the process
+    has not peaked higher before (true when the run opens it, before the scan).
     """
 
     def __init__(self, path: str | os.PathLike[str], threads: int = 1) -> None:
