@@ -13,7 +13,8 @@ from typing import Any
 
 from stream_cluster.errors import ConfigError
 
-__all__ = ["RunConfig", "format_bytes", "parse_k", "parse_k_range", "parse_mem", "parse_size"]
+__all__ = ["MIN_HOG_SIDE", "RunConfig", "auto_features", "format_bytes", "parse_k",
+           "parse_k_range", "parse_mem", "parse_size"]
 
 _UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
 _MEM_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:I?B)?\s*$", re.IGNORECASE)
@@ -28,6 +29,11 @@ KEEP_PIXELS = ("always", "never")
 SPACES = ("tsne", "pca")
 #: ``--cluster``: k-means (k fixed or picked) or HDBSCAN (finds its groups and its noise).
 CLUSTERERS = ("kmeans", "hdbscan")
+#: Below this many pixels on the shorter side, HOG's cells say little (8x8 digits: ARI 0.70 with
+#: HOG, 0.89 with pixels in the learned space): ``--features auto`` keeps the pixels.
+MIN_HOG_SIDE = 16
+#: ``--features``: what the PCA sees (stream_cluster.images.features checks the rest).
+_FEATURES_RE = re.compile(r"pixels|hog(:\d+)?|onnx:.+", re.DOTALL)
 #: ``local:N`` or a scheduler address (``tcp://host:8786``, ``tls://...``, ``host:port``).
 _DASK_RE = re.compile(
     r"local:[1-9]\d*|(?!local:)((tcp|tls|ucx|ws|wss|inproc)://)?([\w.\-]+|\[[\dA-Fa-f:.]+\])(:\d+)?"
@@ -151,6 +157,12 @@ class RunConfig:
     dask : str or None
         Run on Dask: ``local:N`` (N local worker processes) or a scheduler address such as
         ``tcp://host:8786``; ``mem_budget`` then applies to each worker and to the client.
+    features : str
+        What the PCA is fitted on: ``pixels``, ``hog``, ``hog:CELL`` or ``onnx:MODEL.onnx`` (see
+        :mod:`stream_cluster.images.features`), or ``auto`` (default), which becomes ``hog``
+        for the learned space where HOG can run (a local ingest with a pixel store, images at
+        least :data:`MIN_HOG_SIDE` px on the shorter side) and ``pixels`` otherwise, so
+        ``space="pca"`` alone is the seed's path.
     """
 
     input_dir: Path
@@ -177,11 +189,14 @@ class RunConfig:
     space: str = "tsne"
     clusterer: str = "kmeans"
     dask: str | None = None
+    features: str = "auto"
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "input_dir", Path(self.input_dir))
         object.__setattr__(self, "out_dir", Path(self.out_dir))
+        if self.features == "auto":
+            object.__setattr__(self, "features", auto_features(self))
         self.validate()
 
     def validate(self) -> None:
@@ -257,6 +272,17 @@ class RunConfig:
                 f"--dask must be local:N (N >= 1 worker processes on this machine) or a Dask "
                 f"scheduler address such as tcp://host:8786. Got {self.dask!r} instead."
             )
+        if not _FEATURES_RE.fullmatch(self.features):
+            raise ConfigError(
+                f"--features must be pixels, hog, hog:CELL or onnx:MODEL.onnx. "
+                f"Got {self.features!r} instead."
+            )
+        if self.features != "pixels" and (self.dask is not None or self.keep_pixels == "never"):
+            raise ConfigError(
+                f"--features {self.features} runs in the local ingest with a pixel store: it "
+                f"cannot be used with --dask or --keep-pixels never yet. Drop those flags, or "
+                f"use --features pixels."
+            )
         if self.out_dir.exists() and not self.out_dir.is_dir():
             raise ConfigError(
                 f"--out {self.out_dir} exists and is a file, not a folder. Give a folder path."
@@ -292,7 +318,22 @@ class RunConfig:
             "cluster": ["k", "seed", "variance", "space", "clusterer"],
         }[stage]
         d = self.as_dict()
+        if stage == "ingest" and self.features != "pixels":  # pixels: keys as before
+            d["features_sha256"] = self.extra.get("features_sha256")
+            keys += ["features", "features_sha256"]
         return {k: d[k] for k in keys}
+
+
+def auto_features(config: RunConfig) -> str:
+    """What ``--features auto`` means for these settings: ``hog`` for the learned space where
+    HOG runs (local ingest with a pixel store, images >= MIN_HOG_SIDE px), else ``pixels``.
+
+    HOG gave better clusters than pixels in the learned space on every labelled set of real
+    pictures measured (benchmarks/RESULTS_quality.md); ``--space pca`` keeps the seed's path.
+    """
+    local = config.dask is None and config.keep_pixels == "always"
+    hog = config.space == "tsne" and local and min(config.width, config.height) >= MIN_HOG_SIDE
+    return "hog" if hog else "pixels"
 
 
 def fingerprint(obj: Any) -> str:

@@ -122,9 +122,10 @@ def test_changing_the_space_reclusters_without_refitting(tmp_path: Path) -> None
     images = tmp_path / "images"
     make_shapes_corpus(images, n=60, size=(24, 24), seed=6)
     out = tmp_path / "run"
+    pixels = ["--features", "pixels"]  # auto means hog in the learned space
     assert main([str(images), "--out", str(out), "--k", "3", "--space", "pca", *COMMON]) == 0
     pca_seconds = json.loads((out / "state.json").read_text())["stages"]["pca"]["seconds"]
-    assert main([str(images), "--out", str(out), "--k", "3", *COMMON]) == 0
+    assert main([str(images), "--out", str(out), "--k", "3", *pixels, *COMMON]) == 0
     state = json.loads((out / "state.json").read_text())["stages"]
     assert state["pca"]["seconds"] == pca_seconds and state["space"]["done"]
     assert load_model(out).space is not None

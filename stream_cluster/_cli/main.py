@@ -206,11 +206,11 @@ def _main(command: str, args: argparse.Namespace, stop: _StopOnSignals) -> int:
         stop.where = os.fspath(config.out_dir)
         if command == "plan":
             from stream_cluster.images.scan import scan
-            from stream_cluster.runner.pipeline import plan_folder
+            from stream_cluster.runner.pipeline import plan_folder, with_features
 
             found = scan(config.input_dir, follow_external_symlinks=config.follow_symlinks)
             print(f"{len(found.files)} image files in {config.input_dir}")
-            mem_plan = plan_folder(config, found.root, found.files)
+            mem_plan = plan_folder(with_features(config)[0], found.root, found.files)
             print(mem_plan.describe())
             if config.dask is not None:
                 from stream_cluster.parallel.dask_plan import describe_dask

@@ -298,6 +298,8 @@ class DecodeTask:
     root: str
     width: int
     height: int
+    #: Bytes per returned row when the chunk adds features (0: ``width * height``).
+    row_bytes: int = 0
 
     def __call__(self, files: Sequence[str]) -> tuple[np.ndarray, list[str | None]]:
         return self.decode_chunk(self.root, files, self.width, self.height)

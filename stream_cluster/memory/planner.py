@@ -6,6 +6,8 @@ says (image count, the decode cost of its largest header) and what a run folder 
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -16,11 +18,43 @@ import numpy as np
 from stream_cluster.config import RunConfig
 from stream_cluster.errors import BudgetError
 from stream_cluster.images.decode_memory import DECODE_MEMORY_CAP, decode_cost_bound
+from stream_cluster.images.features import FeatureExtractor, parse_features
 from stream_cluster.memory.budget import MemoryPlan, plan_memory
 from stream_cluster.memory.stage_bytes import MAX_SEGMENT_ROWS
 from stream_cluster.storage.store import resolve_compression
 
-__all__ = ["disk_need", "plan", "plan_folder", "plan_run"]
+__all__ = ["disk_need", "plan", "plan_folder", "plan_run", "with_features"]
+
+logger = logging.getLogger(__name__)
+
+
+def with_features(config: RunConfig) -> tuple[RunConfig, FeatureExtractor | None]:
+    """Open and check ``--features`` before any ingest; the config the run uses, and the extractor.
+
+    ``pixels`` leaves the config as it is (None). Otherwise the extractor's dimension is
+    worked out for ``--size`` (a HOG cell that does not fit, or an ONNX file or input shape
+    that cannot take the images, raise ConfigError here), ``--components`` is capped at it,
+    and ``config.extra`` gets the ONNX file's SHA-256 (part of the ingest's settings key) and
+    ``features_bytes``: what the extractor adds to the plan (:func:`plan` reserves it).
+    """
+    if config.features == "pixels":
+        return config, None
+    workers = config.workers if config.workers else os.cpu_count() or 1
+    extractor = parse_features(config.features, threads=workers)
+    w, h = config.width, config.height
+    dim = extractor.dim(w, h)
+    # Where it runs: in each decode worker (HOG), or once in this process (ONNX); plus the
+    # segment's feature rows, held in the decode buffer, the feature batch and the store write.
+    where = extractor.memory_bytes(w, h) * (workers if extractor.in_workers else 1)
+    reserve = where + 3 * MAX_SEGMENT_ROWS * 4 * dim
+    extra = {**config.extra, "features_bytes": reserve, "features_dim": dim,
+             **{k: v for k, v in extractor.describe().items() if k == "features_sha256"}}
+    n_components = config.n_components
+    if n_components > dim:
+        logger.warning("--components %d is more than --features %s gives (%d values per image); "
+                       "using %d", n_components, config.features, dim, dim)  # fmt: skip
+        n_components = dim
+    return dataclasses.replace(config, n_components=n_components, extra=extra), extractor
 
 
 def plan(
@@ -34,11 +68,21 @@ def plan(
     ``decode_cap`` bounds each decode worker (default: any image); ``batch_size`` overrides the
     configured PCA batch (a resumed PCA keeps its own).
     """
+    # --features: the extractor's bytes are set aside first (see with_features).
+    reserve = int(config.extra.get("features_bytes", 0))
+    if reserve >= config.mem_budget:
+        raise BudgetError(
+            f"--features {config.features} needs {reserve:,} bytes, more than --mem-budget "
+            f"{config.mem_budget:,}. Raise the budget or use --features pixels."
+        )
+    # The stages after ingest see features_dim values per image, possibly more than the
+    # pixels: the plan is made for a height whose pixel count covers both (conservative).
+    height = max(config.height, -(-int(config.extra.get("features_dim", 0)) // config.width))
     return plan_memory(
-        config.mem_budget,
+        config.mem_budget - reserve,
         n_images=n_images,
         width=config.width,
-        height=config.height,
+        height=height,
         n_components=config.n_components,
         solver=config.pca_solver,
         workers=config.workers,

@@ -20,6 +20,7 @@ import numpy as np
 
 from stream_cluster.errors import InputError, StoreError
 from stream_cluster.images.decode import PIXEL_SCALE, decode_image, letterbox_array
+from stream_cluster.images.features import FeatureExtractor, file_sha256, parse_features
 from stream_cluster.model.density import nearest_labels
 from stream_cluster.model.format import (
     FORMAT,
@@ -81,6 +82,53 @@ class FittedModel:
     meta: dict[str, Any] = field(default_factory=dict)
     space: ClusterSpace | None = None
     density: tuple[np.ndarray, np.ndarray] | None = None
+    _extractor: FeatureExtractor | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def features(self) -> str:
+        """The ``--features`` the run used (a model written before the option: pixels)."""
+        return str(self.meta.get("features", "pixels"))
+
+    def extractor(self) -> FeatureExtractor | None:
+        """The run's feature extractor (None for pixels); an ONNX file must be the same bytes.
+
+        Raises
+        ------
+        InputError
+            The ONNX model file is gone, or its SHA-256 is not the one the run recorded.
+        """
+        if self.features == "pixels" or self._extractor is not None:
+            return self._extractor
+        want = self.meta.get("features_sha256")
+        if want is not None:
+            path = Path(str(self.meta.get("features_path", self.features[5:])))
+            if not path.is_file():
+                raise InputError(
+                    f"This run's features come from the ONNX model {path}, which does not exist "
+                    f"(from here). Run from the folder the run was made in, or put the same "
+                    f"file (SHA-256 {want}) back at that path."
+                )
+            found = file_sha256(path)
+            if found != want:
+                raise InputError(
+                    f"The ONNX model {path} changed since the run: its SHA-256 is {found}, the "
+                    f"run recorded {want}. Features from another model do not match the "
+                    f"clusters: restore the run's model file, or rerun the clustering with "
+                    f"this one."
+                )
+        p = self.preprocessing
+        extractor = parse_features(self.features, threads=os.cpu_count() or 1)
+        extractor.dim(p.width, p.height)  # checks the input shape before any image is decoded
+        self._extractor = extractor
+        return extractor
+
+    def featurize(self, rows: np.ndarray) -> tuple[np.ndarray, np.float32 | None]:
+        """What the PCA saw of uint8 pixel rows, and the scale ``transform`` applies to it."""
+        extractor = self.extractor()
+        if extractor is None:
+            return rows, np.float32(self.preprocessing.scale)
+        p = self.preprocessing
+        return extractor.transform(rows, p.width, p.height), None
 
     @property
     def k(self) -> int:
@@ -105,7 +153,8 @@ class FittedModel:
 
     def transform(self, images: Sequence[str | os.PathLike[str] | np.ndarray]) -> np.ndarray:
         """PCA features (``n_components`` float32 each) of images given as paths or arrays."""
-        z = self.pca.transform(self.rows(images), scale=np.float32(self.preprocessing.scale))
+        x, scale = self.featurize(self.rows(images))
+        z = self.pca.transform(x, scale=scale)
         return np.ascontiguousarray(z[:, : self.n_components], dtype=np.float32)
 
     def positions(self, images: Sequence[str | os.PathLike[str] | np.ndarray]) -> np.ndarray:
@@ -141,7 +190,8 @@ class FittedModel:
             n_images=self.n_images,
             space=self.space,
             density=self.density,
-            extra={k: self.meta[k] for k in ("clusterer", "noise_cluster") if k in self.meta},
+            extra={k: v for k, v in self.meta.items()
+                   if k.startswith("features") or k in ("clusterer", "noise_cluster")},
         )
 
     @classmethod
@@ -255,7 +305,8 @@ def assign_batch(model: FittedModel, rows: np.ndarray) -> tuple[np.ndarray, np.n
     there cannot tell); on PCA features, when it is farther from its centre than 99 % of the
     cluster's training images.
     """
-    z = model.pca.transform(rows, scale=PIXEL_SCALE)[:, : model.n_components]
+    x, scale = model.featurize(rows)
+    z = model.pca.transform(x, scale=scale)[:, : model.n_components]
     z = np.ascontiguousarray(z, dtype=np.float32)
     if model.space is None:
         km = nearest_centre(model.centers, FeatureSource(z))
@@ -306,10 +357,15 @@ def similar(
             pixels = letterbox_array(image, p.width, p.height)
         else:
             pixels = decode_image(image, p.width, p.height)
+        if model.features != "pixels":
+            z = model.transform([pixels])[0]
+            query = z.astype(np.float64)
         # One image: a matrix-vector product over the contiguous components is ~4x faster than
         # transform's column blocks (same values to float32 rounding).
-        x = pixels.reshape(-1).astype(np.float32) * PIXEL_SCALE - model.pca.mean_.astype(np.float32)
-        query = (model.pca.components_[: model.n_components] @ x).astype(np.float64)
+        else:
+            x = pixels.reshape(-1).astype(np.float32) * PIXEL_SCALE
+            x -= model.pca.mean_.astype(np.float32)
+            query = (model.pca.components_[: model.n_components] @ x).astype(np.float64)
     best_d, best_i = nearest(features, query, n)
     if row is not None:  # the image itself first, at exactly 0 (round-off could reorder ties)
         keep = best_i != row

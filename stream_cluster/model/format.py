@@ -19,6 +19,7 @@ import h5py
 import numpy as np
 
 from stream_cluster._version import __version__
+from stream_cluster.config import RunConfig
 from stream_cluster.errors import StoreError
 from stream_cluster.model.kmeans import KMeansResult
 from stream_cluster.model.space import ClusterSpace
@@ -31,6 +32,7 @@ __all__ = [
     "PERCENTILES",
     "Preprocessing",
     "cluster_statistics",
+    "features_meta",
     "write_model",
 ]
 
@@ -84,6 +86,18 @@ def cluster_statistics(km: KMeansResult, k: int) -> tuple[np.ndarray, np.ndarray
         if len(members):
             pct[c] = np.percentile(members, PERCENTILES)
     return sizes, pct
+
+
+def features_meta(config: RunConfig) -> dict[str, Any]:
+    """What model.h5 records of ``--features``: the spec and, for an ONNX model, its file's
+    SHA-256 and path as given. Nothing for pixels (a model without the field is pixels)."""
+    if config.features == "pixels":
+        return {}
+    meta: dict[str, Any] = {"features": config.features}
+    if config.features.startswith("onnx:"):
+        meta.update(features_sha256=config.extra.get("features_sha256"),
+                    features_path=config.features[5:])  # fmt: skip
+    return meta
 
 
 def _digest_update(h: Any, name: str, arr: np.ndarray) -> None:

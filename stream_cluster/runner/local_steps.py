@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from stream_cluster.errors import ConfigError
+from stream_cluster.images.features import FeatureExtractor
 from stream_cluster.images.scan import ScanResult
 from stream_cluster.memory.budget import MemoryPlan
 from stream_cluster.memory.planner import disk_need
@@ -37,7 +38,16 @@ BACKGROUND_NICE = 19  #: decode workers beside the PCA take only the CPU its BLA
 
 
 class LocalSteps(Steps):
-    """Pixels, PCA and features made in this process and its decode workers."""
+    """Pixels, PCA and features made in this process and its decode workers.
+
+    With an ``extractor`` (``--features`` other than pixels), the ingest also writes each
+    image's feature row to a second store (``descriptors/``, float32), which the PCA and the
+    embed read instead of the pixels; the pixel store stays for the report.
+    """
+
+    def __init__(self, extractor: FeatureExtractor | None = None) -> None:
+        self.extractor = extractor
+        self.descriptors: RowStore | None = None
 
     def begin(self, run: StageRunner) -> None:
         if run.config.keep_pixels == "never" and run.update:
@@ -78,6 +88,10 @@ class LocalSteps(Steps):
                 rewind_ingest(pixels, ingest_rec, pca_at, ordered)
         else:
             pixels = RowStore(out / "pixels", cfg.n_features, np.uint8, cfg.store_compression)
+        if self.extractor is not None:
+            dim = self.extractor.dim(cfg.width, cfg.height)
+            self.descriptors = RowStore(out / "descriptors", dim, np.float32)
+        fitted: RowStore | PixelPipe = pixels if self.descriptors is None else self.descriptors
         decoded: list[tuple[str, str]] = []
 
         recheck = not never and len(pixels) == 0  # a compressed store's ratio is known
@@ -96,6 +110,7 @@ class LocalSteps(Steps):
                 workers=mem_plan.workers, segment_rows=mem_plan.segment_rows,
                 memory_cap=mem_plan.decode_cap, prior_skipped=scan_skipped,
                 stderr_log=out / "decode.log", nice=nice, on_segment=check_disk_again,
+                extractor=self.extractor, features=self.descriptors,
             )  # fmt: skip
             write_skipped(out, [*scan_skipped, *decoded])
             return decoded
@@ -105,7 +120,7 @@ class LocalSteps(Steps):
 
         def pca_stage(feed: RowsFeed) -> Generator[Progress, None, StreamingPCA]:
             return fit_pca(
-                run.record("pca"), pixels, feed, out_dir=out, key=cfg.stage_key("pca"),
+                run.record("pca"), fitted, feed, out_dir=out, key=cfg.stage_key("pca"),
                 n_components=cfg.n_components, solver=cfg.pca_solver, batch=mem_plan.pca_batch,
                 expected_rows=len(files), variance=cfg.variance,
                 checkpoint_seconds=cfg.checkpoint_seconds, check_rows=check_rows,
@@ -118,7 +133,7 @@ class LocalSteps(Steps):
 
             with in_background(timed(ingest_rec, ingest_stage(BACKGROUND_NICE))) as bg:
                 try:
-                    model = yield from run.stage("pca", pca_stage(RowsFeed(pixels, bg)), False)
+                    model = yield from run.stage("pca", pca_stage(RowsFeed(fitted, bg)), False)
                 finally:
                     if isinstance(pixels, PixelPipe):
                         pixels.close()  # a decoder waiting on the pipe stops
@@ -127,7 +142,7 @@ class LocalSteps(Steps):
             yield from run.stage("ingest", ingest_stage(0))
             check_rows(len(pixels))
             if not (run.record("pca").done and (out / "pca.h5").exists()):
-                model = yield from run.stage("pca", pca_stage(RowsFeed(pixels)))
+                model = yield from run.stage("pca", pca_stage(RowsFeed(fitted)))
         run.skipped = len(scan_skipped) + len(decoded)
 
         all_names = pixels.names()  # read once: embed, labels and the report use them
@@ -144,8 +159,9 @@ class LocalSteps(Steps):
     ) -> Generator[Progress, None, RowStore]:
         out = run.out
         assert px.rows is not None
+        source: RowSource = px.source if self.descriptors is None else self.descriptors
         features = yield from embed(
-            run.record("embed"), px.source, feature_store(out, n_keep),
+            run.record("embed"), source, feature_store(out, n_keep),
             lambda: px.model or load_pca(out / "pca.h5"), pca_key=pca_key,
             batch=mem_plan.embed_batch, rows=px.rows, names=px.names,
         )  # fmt: skip

@@ -11,13 +11,16 @@ from __future__ import annotations
 from collections.abc import Generator
 
 from stream_cluster.config import RunConfig
-from stream_cluster.memory.planner import plan, plan_folder
+from stream_cluster.memory.planner import plan, plan_folder, with_features
 from stream_cluster.report.results import RunResult
 from stream_cluster.runner.local_steps import LocalSteps
 from stream_cluster.runner.sequence import STAGES, execute
 from stream_cluster.stages.base import ProgressEvent, run_to_end
 
-__all__ = ["STAGES", "ProgressEvent", "RunResult", "iter_run", "plan", "plan_folder", "run"]
+__all__ = [
+    "STAGES", "ProgressEvent", "RunResult", "iter_run", "plan", "plan_folder", "run",
+    "with_features",
+]  # fmt: skip
 
 
 def run(config: RunConfig, *, fresh: bool = False, update: bool = False) -> RunResult:
@@ -35,8 +38,9 @@ def iter_run(
     ``update``, a finished run whose folder changed grows (see
     :mod:`stream_cluster.stages.update`).
     """
+    config, extractor = with_features(config)  # a bad --features fails here, before ingest
     if config.dask is not None:  # the same stages, with Dask steps for the pixels and PCA
         from stream_cluster.runner.dask_steps import iter_run_dask
 
         return (yield from iter_run_dask(config, fresh=fresh, update=update))
-    return (yield from execute(config, LocalSteps(), fresh=fresh, update=update))
+    return (yield from execute(config, LocalSteps(extractor), fresh=fresh, update=update))

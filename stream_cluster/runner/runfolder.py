@@ -219,6 +219,18 @@ def repair(config: RunConfig, exc: CorruptSegmentError) -> bool:
         n = repair_segment(pixels, exc.index, config.input_dir, config.width, config.height)
         logger.warning("%s was corrupt; re-ingested its %d images from the source files", path, n)
         return True
+    if path.parent == out / "descriptors":  # --features rows: computed again from the pixels
+        from stream_cluster.images.features import parse_features
+
+        extractor = parse_features(config.features, threads=config.workers or 1)
+        w, h = config.width, config.height
+        pixels = RowStore(out / "pixels", config.n_features, np.uint8, config.store_compression)
+        rows_of = RowStore(out / "descriptors", extractor.dim(w, h), np.float32)
+        lo, hi = pixels.segment_rows(exc.index)  # the two stores' segments hold the same rows
+        feats = extractor.transform(pixels.read(lo, hi), w, h)
+        rows_of.replace_segment(exc.index, feats, pixels.segment_names(exc.index))
+        logger.warning("%s was corrupt; computed its features again from the pixels", path)
+        return True
     if path.parent == out / "features":
         logger.warning("%s was corrupt; the features are computed again", path)
         RunState(out / "state.json").reset(["embed", "space", "elbow", "cluster", "report"])

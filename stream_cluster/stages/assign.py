@@ -61,7 +61,9 @@ class AssignResult:
 def _plan(model: FittedModel, budget: int, workers: int | None) -> tuple[int, int]:
     """Rows per batch and decode workers that keep the model, batch and workers under budget."""
     p = model.preprocessing
-    d, k = p.width * p.height, int(model.pca.n_components_)
+    # --features may give more values per image than pixels: the model is sized on the larger.
+    d = max(p.width * p.height, int(model.pca.n_features_in_))
+    k = int(model.pca.n_components_)
     usable = int(budget * SAFETY)
     per_worker = WORKER_BASE_BYTES + decode_worker_bytes(p.width, p.height, DECODE_MEMORY_CAP)
     want = max(1, os.cpu_count() or 1) if workers is None else workers
@@ -122,7 +124,11 @@ def iter_assign(
     """
     run_dir = Path(run)
     model = load_model(run_dir)
-    batch, n_workers = _plan(model, mem_budget, workers)
+    # --features: a changed or missing ONNX file is refused before decoding; the extractor's
+    # bytes (it runs here, on each batch) are set aside from the budget.
+    ext, p = model.extractor(), model.preprocessing
+    reserve = 0 if ext is None else ext.memory_bytes(p.width, p.height)
+    batch, n_workers = _plan(model, mem_budget - reserve, workers)
     csv_path = Path(out_csv) if out_csv is not None else run_dir / "assigned.csv"
     skipped_path = csv_path.with_name(csv_path.stem + "-skipped.csv")
     sources = list(_sources(inputs))

@@ -63,7 +63,7 @@ def embed(
         idx = rows[lo : lo + batch]
         # transform scales the uint8 rows block by block: no float32 copy of the batch.
         x = view.read(lo, lo + len(idx))
-        z = pca.transform(x, scale=PIXEL_SCALE)[:, :n_keep]
+        z = pca.transform(x, scale=PIXEL_SCALE if x.dtype == np.uint8 else None)[:, :n_keep]
         del x
         features.append(np.ascontiguousarray(z, dtype=np.float32), [names[i] for i in idx])
         record.update(segments=features.n_segments)

@@ -36,7 +36,8 @@ logger = logging.getLogger(__name__)
 def read_scaled(
     pixels: RowReader, lo: int, hi: int, out: np.ndarray | None = None
 ) -> np.ndarray:
-    """Rows ``lo:hi`` of the pixel store as float32 in 0..1 (into ``out`` if given), read
+    """Rows ``lo:hi`` of the pixel store as float32 in 0..1 (float32 rows as they are; into
+    ``out`` if given), read
     READ_ROWS rows at a time.
 
     Filling the batch in slices spares a uint8 copy of the whole batch (146 MB at the seed size).
@@ -44,7 +45,11 @@ def read_scaled(
     x = np.empty((hi - lo, pixels.row_size), dtype=np.float32) if out is None else out
     for s0 in range(lo, hi, READ_ROWS):
         s1 = min(s0 + READ_ROWS, hi)
-        np.multiply(pixels.read(s0, s1), PIXEL_SCALE, out=x[s0 - lo : s1 - lo])
+        rows = pixels.read(s0, s1)
+        if rows.dtype == np.uint8:
+            np.multiply(rows, PIXEL_SCALE, out=x[s0 - lo : s1 - lo])
+        else:  # feature rows (--features) are fitted as they are
+            x[s0 - lo : s1 - lo] = rows
     return x
 
 

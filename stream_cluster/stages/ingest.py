@@ -23,6 +23,7 @@ import numpy as np
 
 from stream_cluster.errors import CorruptSegmentError
 from stream_cluster.images.decode import DECODE_MEMORY_CAP, DecodeChunk, DecodeTask, decode_many
+from stream_cluster.images.features import FeatureDecode, FeatureExtractor, split_rows
 from stream_cluster.images.scan import file_signatures
 from stream_cluster.parallel.executor import Executor, InlineExecutor, LocalExecutor
 from stream_cluster.stages.base import Progress, StageRecord
@@ -86,15 +87,36 @@ def _one_by_one(
     """Decode a chunk whose worker died file by file; only files that kill a worker are lost."""
     if len(chunk) == 1:
         logger.warning("skipped %s: %s", chunk[0], CRASHED)
-        return np.full((1, task.width * task.height), 255, dtype=np.uint8), [CRASHED]
+        return np.full((1, task.row_bytes or task.width * task.height), 255, np.uint8), [CRASHED]
     logger.warning("a decode worker died; decoding its chunk's %d files one by one", len(chunk))
-    rows = np.full((len(chunk), task.width * task.height), 255, dtype=np.uint8)
+    rows = np.full((len(chunk), task.row_bytes or task.width * task.height), 255, dtype=np.uint8)
     reasons: list[str | None] = [CRASHED] * len(chunk)
     for res in executor.map_unordered(task, [[f] for f in chunk]):
         if res.died is None and res.value is not None:
             rows[res.index] = res.value[0][0]
             reasons[res.index] = res.value[1][0]
     return rows, reasons
+
+
+def _append_both(
+    rows: np.ndarray,
+    names: list[bytes],
+    pixels: RowSink,
+    features: RowSink | None,
+    extractor: FeatureExtractor,
+    width: int,
+    height: int,
+) -> None:
+    """Append a segment's pixels, then its feature rows (computed here unless the workers did)."""
+    if features is None:
+        raise ValueError("an extractor needs a feature store")
+    if extractor.in_workers:
+        px, feats = split_rows(rows, width, height)
+        pixels.append(np.ascontiguousarray(px), names)
+    else:
+        pixels.append(rows, names)
+        feats = extractor.transform(rows, width, height)
+    features.append(feats, names)
 
 
 @dataclass(frozen=True)
@@ -124,6 +146,8 @@ def ingest(
     nice: int = 0,
     executor: Executor | None = None,
     decode_chunk: DecodeChunk | None = None,
+    extractor: FeatureExtractor | None = None,
+    features: RowSink | None = None,
 ) -> Iterator[IngestProgress]:
     """Decode ``files[start_file:]`` into ``store``, one atomic segment at a time.
 
@@ -131,7 +155,9 @@ def ingest(
     ``on_images(n)`` is called as decoded chunks arrive (for progress bars). Without an
     ``executor``, ``workers`` local processes at niceness ``nice`` decode (none: in this
     process), their stderr going to ``stderr_log``; ``decode_chunk`` replaces
-    :func:`decode_many` (tests inject failures with it).
+    :func:`decode_many` (tests inject failures with it). With an ``extractor`` (not pixels),
+    each segment's feature rows go to ``features`` (float32), segment for segment with the
+    pixels: a worker-side one (HOG) runs in the decode workers, another (ONNX) here, batched.
 
     Memory: ``segment_rows`` rows of uint8 in the parent, plus ``2 * workers`` chunks in flight,
     plus each worker's decode workspace (see
@@ -141,11 +167,15 @@ def ingest(
     d = width * height
     skipped_all = list(skipped)
     chunks = [list(files[i : i + CHUNK]) for i in range(start_file, len(files), CHUNK)]
-    buf = np.empty((segment_rows, d), dtype=np.uint8)
+    in_workers = extractor is not None and extractor.in_workers
+    row_bytes = d + 4 * extractor.dim(width, height) if in_workers and extractor else d
+    buf = np.empty((segment_rows, row_bytes), dtype=np.uint8)
     names: list[bytes] = []
     next_file = start_file
     fn = decode_chunk or partial(decode_many, memory_cap=memory_cap)
-    task = DecodeTask(fn, os.fspath(root), width, height)
+    if in_workers and extractor is not None:
+        fn = FeatureDecode(extractor, memory_cap)
+    task = DecodeTask(fn, os.fspath(root), width, height, row_bytes if in_workers else 0)
     own = executor is None
     if executor is None:
         log = None if stderr_log is None else os.fspath(stderr_log)
@@ -166,9 +196,12 @@ def ingest(
                 on_images(len(chunk))
             # Segments close on chunk boundaries so the resume point is a file index.
             if len(names) + CHUNK > segment_rows or next_file == len(files):
-                if names:
+                if names and extractor is None:
                     store.append(buf[: len(names)], names)
-                    names = []
+                elif names and extractor is not None:
+                    _append_both(buf[: len(names)], names, store, features, extractor, width,
+                                 height)  # fmt: skip
+                names = []
                 yield IngestProgress(next_file, store.n_segments, len(store), list(skipped_all))
     finally:
         if own:
@@ -213,19 +246,24 @@ def run_ingest(
     stderr_log: Path | None = None,
     nice: int = 0,
     on_segment: Callable[[], None] | None = None,
+    extractor: FeatureExtractor | None = None,
+    features: RowSink | None = None,
 ) -> Generator[Progress, None, list[tuple[str, str]]]:
     """The ingest stage: decode ``files`` (in processing order) into ``pixels``, resumably.
 
     Resumes at the record's ``next_file`` with its ``segments`` (later ones, written before a
     kill, are dropped). ``prior_skipped`` (e.g. the scan's skips) count in the progress.
     ``on_segment()`` is called after each segment is recorded (the runner checks the disk).
-    Returns every file skipped while decoding, with its reason.
+    Returns every file skipped while decoding, with its reason. ``extractor`` and
+    ``features``: see :func:`ingest` (the feature store is cut back with the pixel store).
     """
     skipped = [(str(a), str(b)) for a, b in record.get("skipped", [])]
     total = len(files)
     if record.done:
         return skipped
     pixels.truncate_segments(int(record.get("segments", 0)))
+    if features is not None:
+        features.truncate_segments(int(record.get("segments", 0)))
     start = int(record.get("next_file", 0))
     yield Progress("ingest", start, total, skipped=len(prior_skipped) + len(skipped))
     for prog in ingest(
@@ -241,6 +279,8 @@ def run_ingest(
         stderr_log=stderr_log,
         memory_cap=memory_cap,
         nice=nice,
+        extractor=extractor,
+        features=features,
     ):
         skipped = prog.skipped
         record.update(

@@ -24,7 +24,12 @@ import numpy as np
 
 from stream_cluster.config import RunConfig, format_bytes
 from stream_cluster.images.decode import PIXEL_SCALE
-from stream_cluster.model.format import Preprocessing, cluster_statistics, write_model
+from stream_cluster.model.format import (
+    Preprocessing,
+    cluster_statistics,
+    features_meta,
+    write_model,
+)
 from stream_cluster.model.kmeans import KMeansResult
 from stream_cluster.model.space import ClusterSpace
 from stream_cluster.report.cluster_pages import write_cluster_pages
@@ -331,7 +336,7 @@ def report_stage(
             cluster_sizes=sizes, distance_percentiles=pct,
             preprocessing=Preprocessing(config.width, config.height), n_images=len(names),
             extra={"inertia": km.inertia, "seed": config.seed, "clusterer": config.clusterer,
-                   "noise_cluster": noise},
+                   "noise_cluster": noise, **features_meta(config)},
             space=space, density=None if config.clusterer != "hdbscan" or positions is None
             else (positions, km.labels),
         )  # fmt: skip
@@ -345,7 +350,9 @@ def report_stage(
         pca["explained_variance_ratio"], n_keep, config.variance, elbow.inertias,
         k if config.k is not None else elbow.knee, elbow.method, config.montage_images,
         out_dir / "memory.csv" if config.profile_memory else None, config.mem_budget,
-        elbow.silhouettes, config.seed, out_dir / "pca.h5", noise,
+        elbow.silhouettes, config.seed,
+        out_dir / "pca.h5" if config.features == "pixels" else None,  # mean images: pixel PCA
+        noise,
     )  # fmt: skip
     if config.profile_memory and sample is not None:
         sample()

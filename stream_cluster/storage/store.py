@@ -325,6 +325,11 @@ class RowStore:
             start = len(self)
             self._segments = [*self._segments, _Segment(final, start, start + rows.shape[0])]
 
+    def segment_rows(self, index: int) -> tuple[int, int]:
+        """The first row and one past the last row of segment ``index``."""
+        seg = self._segments[index]
+        return seg.start, seg.stop
+
     def segment_names(self, index: int) -> list[bytes]:
         """Names of the rows of segment ``index`` (to rebuild it from its source files)."""
         path = self._segments[index].path

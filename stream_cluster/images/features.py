@@ -1,0 +1,398 @@
+"""What the PCA sees of an image: its pixels (the default), HOG, or an ONNX model's output.
+
+``--features`` is parsed into a :class:`FeatureExtractor` (:func:`parse_features`). Each knows
+its output dimension for an image size before any image is decoded and checks that it can work
+on that size, so a bad choice fails before ingest with a message that says what would work.
+HOG runs in the decode workers (:class:`FeatureDecode`); an ONNX model runs batched in the
+ingest's own process, with its intra-op threads set explicitly. scikit-image and onnxruntime are
+imported only here, and only when asked for (scikit-image is a dependency; onnxruntime comes
+with ``pip install 'stream-cluster[features]'``).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import importlib
+import os
+import resource
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from stream_cluster.errors import ConfigError
+from stream_cluster.images.decode import decode_many
+
+__all__ = [
+    "INSTALL_HINT",
+    "FeatureDecode",
+    "FeatureExtractor",
+    "HogFeatures",
+    "OnnxFeatures",
+    "PixelFeatures",
+    "file_sha256",
+    "hog_cell",
+    "parse_features",
+    "split_rows",
+]
+
+INSTALL_HINT = "pip install 'stream-cluster[features]'"
+#: ImageNet's channel means and standard deviations (torchvision's models expect them).
+IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
+IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
+#: Images per ONNX inference call.
+ONNX_BATCH = 16
+
+
+def _require(module: str, what: str) -> Any:
+    """Import an optional dependency or say how to install it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise ConfigError(
+            f"--features {what} needs the {module.split('.')[0]} package, which is not "
+            f"installed. Install it with: "
+            f"{INSTALL_HINT if module.startswith('onnx') else 'pip install scikit-image'}"
+        ) from None
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """SHA-256 of a file's bytes, read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def hog_cell(width: int, height: int) -> int:
+    """The default HOG cell side: ``max(4, min(width, height) // 12)`` px (about 12 cells).
+
+    Cells of 2 px measure the orientation of 4 pixels, which is noise: on the digits at 32x32
+    (learned space, k-means) 2-px cells gave ARI 0.887, 4-px cells 0.901.
+    """
+    return max(4, min(width, height) // 12)
+
+
+class FeatureExtractor(ABC):
+    """Turns letterboxed grey uint8 rows (``n x width*height``) into float32 feature rows."""
+
+    #: Whether it runs in the decode workers (per image) rather than batched in the ingest.
+    in_workers: bool = False
+
+    @property
+    @abstractmethod
+    def spec(self) -> str:
+        """The ``--features`` text that makes this extractor again."""
+
+    @abstractmethod
+    def dim(self, width: int, height: int) -> int:
+        """Values per image for images of ``width x height`` (raises ConfigError if none)."""
+
+    @abstractmethod
+    def transform(self, rows: np.ndarray, width: int, height: int) -> np.ndarray:
+        """Feature rows (float32, ``n x dim``) of uint8 pixel rows."""
+
+    def memory_bytes(self, width: int, height: int) -> int:
+        """Bytes the extractor adds where it runs (a worker, or the ingest's process)."""
+        return 0
+
+    def describe(self) -> dict[str, Any]:
+        """What ``model.h5`` records so ``assign`` can apply the same extractor."""
+        return {"features": self.spec}
+
+
+class PixelFeatures(FeatureExtractor):
+    """The pixels themselves (scaled to 0..1 by the PCA): today's path, unchanged."""
+
+    @property
+    def spec(self) -> str:
+        return "pixels"
+
+    def dim(self, width: int, height: int) -> int:
+        return width * height
+
+    def transform(self, rows: np.ndarray, width: int, height: int) -> np.ndarray:
+        return np.asarray(rows, dtype=np.float32) * np.float32(1.0 / 255.0)
+
+
+class HogFeatures(FeatureExtractor):
+    """scikit-image HOG: 9 orientations, ``cell`` px cells, 2x2-cell blocks, L2-Hys.
+
+    Memory per worker: HOG's float64 gradients, histograms and normalised blocks, freed after
+    each image; ``memory_bytes`` = 64 bytes a pixel + 16 a feature value (tracemalloc peaks:
+    48 B/px at 300x430 with 25 px cells, 111 B/px at 48x48 with 2 px cells: both within).
+    """
+
+    in_workers = True
+
+    def __init__(self, cell: int | None = None) -> None:
+        self.cell = cell
+
+    @property
+    def spec(self) -> str:
+        return "hog" if self.cell is None else f"hog:{self.cell}"
+
+    def cell_for(self, width: int, height: int) -> int:
+        """The cell side used at this size."""
+        return hog_cell(width, height) if self.cell is None else self.cell
+
+    def dim(self, width: int, height: int) -> int:
+        c = self.cell_for(width, height)
+        cx, cy = width // c, height // c
+        if cx < 2 or cy < 2:
+            most = min(width, height) // 2
+            raise ConfigError(
+                f"--features {self.spec}: HOG cells of {c} px do not fit --size {width}x{height} "
+                f"(2x2-cell blocks need at least 2 cells across and down). Use a cell of at most "
+                f"{most} px (hog:{max(1, most)}) or a larger --size."
+            )
+        return (cx - 1) * (cy - 1) * 2 * 2 * 9
+
+    def transform(self, rows: np.ndarray, width: int, height: int) -> np.ndarray:
+        feature = _require("skimage.feature", "hog")
+        c = self.cell_for(width, height)
+        out = np.empty((len(rows), self.dim(width, height)), dtype=np.float32)
+        for i, row in enumerate(rows):
+            out[i] = feature.hog(
+                row.reshape(height, width), orientations=9, pixels_per_cell=(c, c),
+                cells_per_block=(2, 2), block_norm="L2-Hys", feature_vector=True,
+            )  # fmt: skip
+        return out
+
+    def memory_bytes(self, width: int, height: int) -> int:
+        return 64 * width * height + 16 * self.dim(width, height)
+
+
+class OnnxFeatures(FeatureExtractor):
+    """An ONNX image model run with onnxruntime on the CPU, :data:`ONNX_BATCH` images a call
+    (or the model's fixed batch size, the last batch padded).
+
+    Input rule: pixels scaled to 0..1; a 1-channel model gets that grey image, a 3-channel one
+    gets it in each channel, normalised with ImageNet's mean and std (torchvision's rule). The
+    model's first output is flattened per image into the feature row (float32). Its input must
+    be rank 4 (N, C, H, W) with C 1 or 3 and H, W either free or equal to ``--size``.
+
+    Memory: the session (onnxruntime's import, the weights; growth of this process's peak RSS
+    when it is opened) plus one batch's activations (peak growth over two dummy batches), plus
+    the batch's input and output arrays: :meth:`memory_bytes`. onnxruntime's arena is off and
+    freed heap is trimmed after each batch, so every batch peaks as the dummy one did
+    (``benchmarks/features_memory.py`` measures it). The peak-RSS measure assumes the process
+    has not peaked higher before (true when the run opens it, before the scan).
+    """
+
+    def __init__(self, path: str | os.PathLike[str], threads: int = 1) -> None:
+        self.path = Path(path)
+        self.threads = max(1, int(threads))
+        self._session: Any = None
+        self._dim: int | None = None
+        self._measured = 0
+        self._batch = ONNX_BATCH
+        self.sha256 = self._hash()
+
+    @property
+    def spec(self) -> str:
+        return f"onnx:{os.fsdecode(self.path)}"
+
+    def _hash(self) -> str:
+        if not self.path.is_file():
+            raise ConfigError(
+                f"--features onnx: the model file {self.path} does not exist. Give the path of "
+                f"an .onnx image model file (nothing is downloaded)."
+            )
+        try:
+            return file_sha256(self.path)
+        except OSError as exc:
+            raise ConfigError(f"--features onnx: cannot read {self.path} ({exc}).") from None
+
+    def session(self) -> Any:
+        """The onnxruntime session (opened once, ``threads`` intra-op threads, CPU only)."""
+        if self._session is None:
+            before = _rss_peak()  # onnxruntime's own import counts too
+            ort = _require("onnxruntime", "onnx")
+            opts = ort.SessionOptions()
+            opts.intra_op_num_threads = self.threads
+            opts.inter_op_num_threads = 1
+            opts.log_severity_level = 3
+            # No arena: each call's activations are freed when it returns, so the peak one
+            # measured batch shows is the peak of every batch.
+            opts.enable_cpu_mem_arena = False
+            try:
+                self._session = ort.InferenceSession(
+                    os.fspath(self.path), opts, providers=["CPUExecutionProvider"]
+                )
+            except Exception as exc:  # onnxruntime raises its own types for a bad file
+                raise ConfigError(
+                    f"--features onnx: {self.path} is not a model onnxruntime can load "
+                    f"({type(exc).__name__}: {str(exc)[:200]}). Give an .onnx image model file."
+                ) from None
+            self._measured = max(self._measured, _rss_peak() - before)
+        return self._session
+
+    def _input(self, width: int, height: int) -> tuple[str, int, int]:
+        """The input's name, channels and images a call; ConfigError if it cannot take them."""
+        inp = self.session().get_inputs()[0]
+        shape = list(inp.shape)
+        fixed = [s if isinstance(s, int) else None for s in shape]
+        if len(shape) != 4 or fixed[1] not in (1, 3):
+            raise ConfigError(
+                f"--features onnx: {self.path} takes input {inp.name!r} of shape {shape}; "
+                f"stream-cluster feeds images as (N, C, H, W) with C 1 or 3 (grey, or grey "
+                f"repeated in 3 channels). Export the model with such an input."
+            )
+        if (fixed[2] not in (None, height)) or (fixed[3] not in (None, width)):
+            raise ConfigError(
+                f"--features onnx: {self.path} takes images of {fixed[3]}x{fixed[2]} (W x H; "
+                f"input shape {shape}), not --size {width}x{height}. Run with --size "
+                f"{fixed[3]}x{fixed[2]}, or export the model with that or a free H and W."
+            )
+        return inp.name, int(fixed[1] or 1), int(fixed[0] or ONNX_BATCH)
+
+    def _prepare(self, rows: np.ndarray, width: int, height: int, channels: int) -> np.ndarray:
+        x = np.asarray(rows).astype(np.float32).reshape(len(rows), 1, height, width)
+        x *= np.float32(1.0 / 255.0)
+        if channels == 1:
+            return x
+        x = np.repeat(x, 3, axis=1)
+        x -= IMAGENET_MEAN[None, :, None, None]
+        x /= IMAGENET_STD[None, :, None, None]
+        return x
+
+    def dim(self, width: int, height: int) -> int:
+        if self._dim is None:
+            name, channels, n = self._input(width, height)
+            before = _rss_peak()
+            batch = np.random.default_rng(0).integers(0, 256, (n, width * height), np.uint8)
+            for _ in range(2):  # onnxruntime plans its memory pattern on the first call
+                out = self.session().run(None, {name: self._prepare(batch, width, height,
+                                                                    channels)})  # fmt: skip
+                _trim()
+            self._measured += max(0, _rss_peak() - before)
+            first = np.asarray(out[0])
+            if first.ndim < 1 or first.shape[0] != n or first.size == 0:
+                raise ConfigError(
+                    f"--features onnx: {self.path}'s first output has shape {first.shape} for "
+                    f"{n} images; it must have one row per image."
+                )
+            self._batch = n
+            self._dim = int(first.size // n)
+        return self._dim
+
+    def transform(self, rows: np.ndarray, width: int, height: int) -> np.ndarray:
+        name, channels, n = self._input(width, height)
+        out = np.empty((len(rows), self.dim(width, height)), dtype=np.float32)
+        for lo in range(0, len(rows), n):
+            part = rows[lo : lo + n]
+            if len(part) < n and self._fixed_batch():  # pad a fixed-size batch
+                part = np.concatenate([part, np.full((n - len(part), part.shape[1]), 255,
+                                                     dtype=part.dtype)])  # fmt: skip
+            x = self._prepare(part, width, height, channels)
+            y = np.asarray(self.session().run(None, {name: x})[0], dtype=np.float32)
+            _trim()
+            take = min(n, len(rows) - lo)
+            out[lo : lo + take] = y.reshape(len(x), -1)[:take]
+        return out
+
+    def _fixed_batch(self) -> bool:
+        return isinstance(self.session().get_inputs()[0].shape[0], int)
+
+    def memory_bytes(self, width: int, height: int) -> int:
+        """The session and one batch, as measured (peak RSS growth), plus the batch's arrays."""
+        d = self.dim(width, height)
+        arrays = self._batch * (3 * width * height * 4 * 2 + d * 4)
+        return self._measured + arrays + self.path.stat().st_size
+
+    def describe(self) -> dict[str, Any]:
+        return {"features": self.spec, "features_sha256": self.sha256,
+                "features_path": os.fsdecode(self.path)}  # fmt: skip
+
+
+def _trim() -> None:
+    """Give freed heap memory back to the system (glibc): without it, the batches' freed
+    activations raise glibc's mmap threshold and the heap grows batch after batch (measured:
+    +300 MiB over 16 batches of a small CNN at 224x224, none with it)."""
+    global _LIBC
+    if _LIBC is None:
+        try:
+            _LIBC = ctypes.CDLL("libc.so.6")
+            _LIBC.malloc_trim(0)
+        except (OSError, AttributeError):
+            _LIBC = False
+    elif _LIBC:
+        _LIBC.malloc_trim(0)
+
+
+_LIBC: Any = None
+
+
+def _rss_peak() -> int:
+    """This process's peak RSS in bytes (Linux reports KiB)."""
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+
+
+def parse_features(spec: str, threads: int = 1) -> FeatureExtractor:
+    """The extractor ``--features spec`` names: ``pixels``, ``hog``, ``hog:CELL``, ``onnx:PATH``.
+
+    An ONNX file is hashed (and must exist) here; it is opened by ``dim``.
+    """
+    text = str(spec).strip()
+    if text == "pixels":
+        return PixelFeatures()
+    if text == "hog" or text.startswith("hog:"):
+        _require("skimage.feature", "hog")
+        if text == "hog":
+            return HogFeatures()
+        try:
+            cell = int(text[4:])
+        except ValueError:
+            cell = 0
+        if cell < 1:
+            raise ConfigError(
+                f"--features hog:CELL needs a cell size in pixels >= 1, e.g. hog:8. "
+                f"Got {text!r} instead."
+            )
+        return HogFeatures(cell)
+    if text.startswith("onnx:") and len(text) > 5:
+        _require("onnxruntime", "onnx")
+        return OnnxFeatures(text[5:], threads)
+    raise ConfigError(
+        f"--features must be pixels, hog, hog:CELL or onnx:MODEL.onnx. Got {spec!r} instead."
+    )
+
+
+@dataclass(frozen=True)
+class FeatureDecode:
+    """A decode chunk that also computes a worker-side extractor's features (HOG).
+
+    Each returned row is the image's pixel bytes followed by its float32 features' bytes, so
+    the executor's in-order, crash-tolerant decode carries both; :func:`split_rows` parts them.
+    """
+
+    extractor: FeatureExtractor
+    memory_cap: int
+
+    def __call__(
+        self, root: str, rel_paths: Any, width: int, height: int
+    ) -> tuple[np.ndarray, list[str | None]]:
+        rows, reasons = decode_many(root, rel_paths, width, height, memory_cap=self.memory_cap)
+        d = width * height
+        f = self.extractor.dim(width, height)
+        out = np.full((len(rows), d + 4 * f), 255, dtype=np.uint8)
+        out[:, :d] = rows
+        for i, why in enumerate(reasons):
+            if why is None:
+                try:
+                    feat = self.extractor.transform(rows[i : i + 1], width, height)
+                    out[i, d:] = feat.reshape(-1).view(np.uint8)
+                except Exception as exc:  # a feature bug on one image must not end the run
+                    reasons[i] = f"feature extraction failed: {type(exc).__name__}: {exc}"[:300]
+        return out, reasons
+
+
+def split_rows(rows: np.ndarray, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
+    """The pixel rows (uint8) and feature rows (float32) of :class:`FeatureDecode`'s rows."""
+    d = width * height
+    return rows[:, :d], np.ascontiguousarray(rows[:, d:]).view(np.float32)
