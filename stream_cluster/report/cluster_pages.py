@@ -73,7 +73,7 @@ def write_cluster_pages(
                     '<div class="head"><figure>'
                     f'<img class="mean" src="../means/{c}.png" alt="mean image of cluster {c}" '
                     f'width="{mean_size[0]}" height="{mean_size[1]}">'
-                    "<figcaption>Mean image: the members' mean features mapped back through the PCA"
+                    "<figcaption>Mean image of the cluster's members"
                     "</figcaption></figure>",
                     f"<section><h2>Farthest from the centre ({len(far)})</h2>",
                     f"<p>Distance to the centre: median {np.median(d):.4g}, "

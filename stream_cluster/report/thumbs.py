@@ -22,7 +22,7 @@ from stream_cluster.errors import StoreError
 from stream_cluster.storage.rows import RowSource
 
 __all__ = ["ClusterOrder", "ThumbSize", "cluster_order", "thumb_size", "write_mean_images",
-           "write_thumbnails"]
+           "write_pixel_means", "write_thumbnails"]
 
 #: Thumbnails fit in this box (pixels, width x height), aspect ratio kept.
 THUMB_BOX = (96, 128)
@@ -117,8 +117,13 @@ def write_thumbnails(
     width: int,
     height: int,
     batch: int | None = None,
+    sums: np.ndarray | None = None,
 ) -> Generator[int, None, ThumbSize]:
     """Write ``out_dir/thumbs/<cluster>/<rank>.jpg`` for every row of ``pixels``.
+
+    ``sums`` (``k x width*height`` float64), if given, receives each cluster's sum of pixel
+    rows on the way (for :func:`write_pixel_means`: the mean images of a run whose PCA is not
+    in pixel space).
 
     Any earlier ``thumbs/`` folder is removed first (a rerun with another k renames every
     file). Yields the number of rows done after each batch; returns the thumbnail size.
@@ -136,6 +141,10 @@ def write_thumbnails(
         (root / str(int(c))).mkdir(parents=True, exist_ok=True)
     interp = cv2.INTER_AREA if size.width < width else cv2.INTER_LINEAR
     for lo, rows in pixels.iter_batches(batch):
+        if sums is not None:
+            got = labels[lo : lo + len(rows)]
+            for c in np.unique(got):
+                sums[c] += rows[got == c].sum(axis=0, dtype=np.float64)
         for j, row in enumerate(rows):
             i = lo + j
             img = cv2.resize(row.reshape(height, width), (size.width, size.height),
@@ -196,6 +205,22 @@ def write_mean_images(
         del img
         for j, picture in enumerate(pictures):
             _write_mean(root, first + j, picture.reshape(height, width), small)
+    return small
+
+
+def write_pixel_means(out_dir: Path, sums: np.ndarray, counts: np.ndarray, *, width: int,
+                      height: int) -> ThumbSize:  # fmt: skip
+    """Write each cluster's mean image from its members' pixel sums (see write_thumbnails).
+
+    Memory: one mean image at a time beyond ``sums``.
+    """
+    root = Path(out_dir) / "means"
+    root.mkdir(parents=True, exist_ok=True)
+    small = thumb_size(width, height)
+    for c in range(len(sums)):
+        mean = sums[c] / max(1.0, float(counts[c]))
+        picture = np.clip(np.rint(mean), 0, 255).astype(np.uint8)
+        _write_mean(root, c, picture.reshape(height, width), small)
     return small
 
 

@@ -56,6 +56,7 @@ from stream_cluster.report.thumbs import (
     ClusterOrder,
     cluster_order,
     write_mean_images,
+    write_pixel_means,
     write_thumbnails,
 )
 from stream_cluster.stages.base import Progress
@@ -182,8 +183,9 @@ def write_report(
     """The report: plots, thumbnails, mean images, montages, cluster pages, the map, index.html.
 
     The map shows ``positions`` (the learned space the clusters were found in) if given, else a
-    t-SNE of ``features``; with neither (or without ``info.pca_path``) the page has no map (no
-    mean images).
+    t-SNE of ``features``; with neither the page has no map. Mean images come through the
+    pixel-space PCA at ``info.pca_path``, or without one (HOG, ONNX features) from the members'
+    pixels, summed on the thumbnails' pass.
 
     Memory: one batch of 128 pixel rows (16 MB at 300 x 430), the map's inputs
     (``4 * n * 50`` bytes, 1.6 MB for 8,121 images) and t-SNE of 2,000 of them (~40 MB), the
@@ -211,8 +213,11 @@ def write_report(
             del x
         images = _plots(out_dir, info, np.diff(order.starts).tolist(), colours)
         yield Progress("report", 0, total, "images", "thumbnails")
+        # Without a pixel-space PCA (HOG, ONNX features) the mean images are the members'
+        # pixel means, summed on the thumbnails' pass over the pixels.
+        sums = np.zeros((k, info.width * info.height)) if info.pca_path is None else None
         thumbs = write_thumbnails(out_dir, pixels, km.labels, order.rank, width=info.width,
-                                  height=info.height)
+                                  height=info.height, sums=sums)  # fmt: skip
         while True:
             try:
                 done = next(thumbs)
@@ -223,12 +228,17 @@ def write_report(
         full = (info.width, info.height)
         # In the learned space a centre is a 2-D point: the mean image is the members' mean
         # PCA features mapped back.
-        centres = km.centers if positions is None else \
-            None if features is None else cluster_feature_means(features, km.labels, k)
-        if info.pca_path is not None and centres is not None:
-            with open_arrays(info.pca_path) as (state, _):
-                write_mean_images(out_dir, state, centres, width=info.width,
-                                  height=info.height, scale=float(PIXEL_SCALE))
+        if sums is not None:
+            write_pixel_means(out_dir, sums, np.bincount(km.labels, minlength=k),
+                              width=info.width, height=info.height)  # fmt: skip
+            del sums
+        elif info.pca_path is not None:
+            centres = km.centers if positions is None else \
+                None if features is None else cluster_feature_means(features, km.labels, k)
+            if centres is not None:
+                with open_arrays(info.pca_path) as (state, _):
+                    write_mean_images(out_dir, state, centres, width=info.width,
+                                      height=info.height, scale=float(PIXEL_SCALE))
         for c in _montages(out_dir, pixels, names, order, info):
             yield Progress("report", n + c + 1, total, "images", "montages")
         write_cluster_pages(out_dir, title=info.title, names=names, order=order,
