@@ -53,7 +53,8 @@ N_IMAGES = 600
 BATCH = 24
 # --workers 0 decodes before the PCA (no overlap), so each stage runs alone on the disk.
 ARGS = ["--size", "64x64", "--components", "12", "--batch-size", str(BATCH), "--k", "3",
-        "--workers", "0", "--no-progress", "--checkpoint-every", "0", "--mem-budget", "2G"]
+        "--workers", "0", "--no-progress", "--checkpoint-every", "0", "--mem-budget", "2G",
+        "--features", "pixels"]  # the tmpfs sizes below are for pixel rows
 #: Big enough for the run's own free-space check (16 MiB + what the run still needs).
 DISK = 24 * 2**20
 HINT = re.compile(r"finishing this run needs about ([\d.]+ \w+) there \(free ([\d.]+ \w+) more\)")
@@ -279,7 +280,7 @@ def test_compressed_store_checks_the_disk_again_after_its_first_segment(tmp_path
         path.parent.mkdir(parents=True, exist_ok=True)
         cv2.imwrite(str(path), rng.integers(0, 256, (256, 256), dtype=np.uint8))
     args = ["--size", "256x256", "--components", "8", "--batch-size", "48", "--k", "2",
-            "--workers", "0", "--no-progress", "--mem-budget", "2G"]  # fmt: skip
+            "--workers", "0", "--no-progress", "--mem-budget", "2G", "--features", "pixels"]
     size = 56 * 2**20  # 16 MiB, PCA files and a 512-image segment fit; 1,200 raw images do not
     with tmpfs(tmp_path / "disk", size) as disk:
         out = disk / "run"

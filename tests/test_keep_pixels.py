@@ -27,8 +27,10 @@ from .conftest import make_shapes_corpus
 # Results equal bitwise or to README's precision: CI reruns these under other BLAS kernels.
 pytestmark = pytest.mark.reproducibility
 
+# --keep-pixels never has pixel features (auto), so the stored run it is compared with too
 ARGS = ["--size", "24x24", "--components", "12", "--batch-size", "24", "--k", "3",
-        "--workers", "2", "--no-progress", "--checkpoint-every", "0", "--mem-budget", "2G"]
+        "--workers", "2", "--no-progress", "--checkpoint-every", "0", "--mem-budget", "2G",
+        "--features", "pixels"]
 
 
 def _cmd(images: Path, out: Path, *extra: str) -> list[str]:
@@ -60,7 +62,8 @@ def stored(corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _config(images: Path, out: Path, **kw: object) -> RunConfig:
     base: dict[str, object] = dict(width=24, height=24, n_components=12, batch_size=24, k=3,
-                                   workers=2, checkpoint_seconds=0.0, mem_budget=2 * 2**30)
+                                   workers=2, checkpoint_seconds=0.0, mem_budget=2 * 2**30,
+                                   features="pixels")
     base.update(kw)
     return RunConfig(images, out, **base)  # type: ignore[arg-type]
 

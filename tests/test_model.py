@@ -109,7 +109,7 @@ def test_run_writes_a_model_that_reproduces_its_labels(shapes_dir: Path, tmp_pat
     """Check that model.h5 from a run projects the stored pixels to the run's features."""
     out = tmp_path / "run"
     cfg = RunConfig(shapes_dir, out, mem_budget=2 * 2**30, width=16, height=20, n_components=8,
-                    k=3, batch_size=16, workers=0)
+                    k=3, batch_size=16, workers=0, features="pixels")  # projects pixel rows
     result = run(cfg)
     model = FittedModel.load(out / "model.h5")
     assert model.k == 3 and model.n_components == result.n_components

@@ -26,8 +26,9 @@ from .conftest import make_shapes_corpus
 
 
 def _config(images: Path, out: Path, **kw: object) -> RunConfig:
+    # the seed's path (pixels, k-means on PCA features): these tests pin its plan and labels
     base = dict(mem_budget=2 * 2**30, width=16, height=20, n_components=8, k=3,
-                k_range=(2, 6), batch_size=16, checkpoint_seconds=0.0, workers=1)
+                k_range=(2, 6), batch_size=16, checkpoint_seconds=0.0, workers=1, space="pca")
     base.update(kw)
     return RunConfig(images, out, **base)  # type: ignore[arg-type]
 

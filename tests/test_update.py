@@ -74,12 +74,17 @@ def test_update_equals_a_pca_fed_the_same_batches(tmp_path: Path) -> None:
     run(_config(images, out), update=True)
     from stream_cluster.pca.streaming import StreamingPCA
 
-    pixels = RowStore(out / "pixels", 320, np.uint8)
+    model = FittedModel.load(out / "model.h5")
+    # What the PCA was fitted on: the default's HOG rows (descriptors/), else the pixels.
+    if (out / "descriptors").exists():
+        rows = RowStore(out / "descriptors", model.pca.components_.shape[1], np.float32)
+        scale = np.float32(1)
+    else:
+        rows, scale = RowStore(out / "pixels", 320, np.uint8), np.float32(1 / 255)
     ref = StreamingPCA(8, copy=False)
     for lo in [0, 16, 32, 40, 56]:  # the first run's batches, then the update's from row 40
         hi = {0: 16, 16: 32, 32: 40, 40: 56, 56: 61}[lo]
-        ref.partial_fit(pixels.read(lo, hi).astype(np.float32) * np.float32(1 / 255))
-    model = FittedModel.load(out / "model.h5")
+        ref.partial_fit(rows.read(lo, hi).astype(np.float32) * scale)
     np.testing.assert_allclose(model.pca.components_, ref.components_, atol=1e-5)
 
 

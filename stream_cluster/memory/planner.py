@@ -142,7 +142,8 @@ def disk_need(
     *,
     recheck: bool = False,
 ) -> int:
-    """Bytes the run folder still needs: pixels not yet stored, PCA files, model.h5, features.
+    """Bytes the run folder still needs: pixels (and --features rows) not yet stored, PCA files,
+    model.h5, features.
 
     ``files_done`` is how many files the ingest has handled. Without compression the pixels
     left count at their raw size. A compressed store's pixels left count at the ratio measured
@@ -164,12 +165,15 @@ def disk_need(
         pixels = int(left * d * min(1.0, COMPRESSION_MARGIN * done / (files_done * d)))
     else:
         pixels = (min(left, MAX_SEGMENT_ROWS) if recheck else left) * d
-    components = config.n_components * d * 4
+    # --features hog/onnx: the PCA is over the extractor's values, kept in descriptors/
+    dim = d if config.features == "pixels" else int(config.extra.get("features_dim", d))
+    descriptors = 0 if config.features == "pixels" else left * dim * 4
+    components = config.n_components * dim * 4
     model = 0 if pca_done else 2 * components  # pca-checkpoint.h5 beside its .partial
     if not (out_dir / "model.h5").exists():
         model += components + 3 * d * 8
     features = n_files * config.n_components * 4
-    return int(pixels + model + features + 16 * 2**20)
+    return int(pixels + descriptors + model + features + 16 * 2**20)
 
 
 def plan_run(
