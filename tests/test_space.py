@@ -194,3 +194,17 @@ def test_kill_inside_the_space_stage_resumes_to_identical_labels(tmp_path: Path)
         assert (out / "labels.csv").read_bytes() == (ref / "labels.csv").read_bytes()
         return
     pytest.fail("no kill landed inside the space stage in 5 attempts")
+
+
+def test_k_auto_on_the_digits_picks_about_ten(tmp_path: Path) -> None:
+    """Check --k auto on scikit-learn's 1,797 digits (10 classes): k in 8..12, clusters that
+    match the digits (the learned space's best silhouette; the knee there undershoots)."""
+    from stream_cluster._cli.demo import demo_score, write_digits
+
+    write_digits(tmp_path / "digits")
+    out = tmp_path / "run"
+    assert main([str(tmp_path / "digits"), "--out", str(out), "--size", "8x8", "--components",
+                 "40", "--mem-budget", "2G", "--no-progress"]) == 0  # fmt: skip
+    k = json.loads((out / "run.json").read_text())["results"]["k"]
+    assert 8 <= k <= 12, k
+    assert demo_score(out) > 0.8
