@@ -33,9 +33,10 @@ def fitted_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     images = base / "images"
     make_shapes_corpus(images, n=60)
     out = base / "run"
-    # pixel features: the distances below are compared at README's precision for pixel PCA
+    # The seed's path: distances are compared at README's precision for PCA features (the
+    # learned space's assign is tested in test_space.py: labels, not distances)
     run(RunConfig(images, out, mem_budget=2 * 2**30, width=16, height=20, n_components=8, k=3,
-                  batch_size=16, workers=1, features="pixels"))
+                  batch_size=16, workers=1, space="pca"))
     return images, out
 
 
