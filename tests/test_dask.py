@@ -410,3 +410,31 @@ def test_dask_hog_resumes_and_repairs_a_rotted_descriptor_segment(
     assert any("seg-000001.h5 was corrupt; computed its features again" in r.message
                for r in caplog.records)  # fmt: skip
     assert _labels(out) == want
+
+
+def test_dask_onnx_equals_the_local_onnx_run_and_refuses_other_model_bytes(
+    cluster: LocalCluster, tmp_path: Path, shapes: tuple[Path, list[int]]
+) -> None:
+    """Check that --features onnx:FILE on Dask computes the local run's feature rows (to 1e-5:
+    onnxruntime runs one thread per worker) and labels, and that a worker whose model file has
+    other bytes than the client planned for refuses it."""
+    from stream_cluster.stages.shard_tasks import SegmentJob, ingest_segment
+
+    from .test_features import _conv_model
+
+    model = _conv_model(tmp_path / "tiny.onnx")
+    config = _config(shapes[0], tmp_path / "dask", cluster.scheduler_address,
+                     features=f"onnx:{model}", n_components=4)  # fmt: skip
+    _run(config, shard_images=1000)
+    stream_cluster.run(dataclasses.replace(config, dask=None, out_dir=tmp_path / "local"))
+    a, b = (RowStore(tmp_path / out / "descriptors", 8, np.float32) for out in ("dask", "local"))
+    assert a.names() == b.names() and len(a) == 90
+    np.testing.assert_allclose(a.read(0, 90), b.read(0, 90), rtol=1e-5, atol=1e-6)
+    assert _labels(tmp_path / "dask") == _labels(tmp_path / "local")
+
+    px = os.fspath(tmp_path / "px")
+    os.mkdir(px)
+    job = SegmentJob(0, ("kind0/img-000.png",), os.fspath(shapes[0]), px, px, 16, 20,
+                     features=f"onnx:{model}", descriptors_dir=px, features_sha256="0" * 64)
+    with pytest.raises(ConfigError, match="a Dask worker reads a model file other than"):
+        ingest_segment(job)
