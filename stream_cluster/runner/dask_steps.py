@@ -4,7 +4,8 @@ What runs where:
 
 - scan, the memory plan and the shared-storage check on the client;
 - **ingest**: one task per pixel segment decodes a fixed slice of the processing order and
-  writes that segment and its manifest into the run folder (an
+  writes that segment (with ``--features`` other than pixels, also its feature rows in
+  ``descriptors/``, which the PCA and embed then read) and its manifest into the run folder (an
   :class:`~stream_cluster.parallel.dask_executor.DaskExecutor` map);
 - **PCA**: one task per shard fits a :class:`~stream_cluster.pca.streaming.StreamingPCA` on its own
   segments; the states are merged by :meth:`StreamingPCA.merge` in the fixed tree of

@@ -174,21 +174,24 @@ def ingest_segment(job: SegmentJob) -> dict[str, Any]:
     return {**doc, "seconds": time.perf_counter() - t0, **worker_stats()}
 
 
-_EXTRACTORS: dict[str, FeatureExtractor] = {}  # per worker process: an ONNX session opens once
+#: Per worker process, by spec and file hash: an ONNX session opens once, not once a task.
+_EXTRACTORS: dict[tuple[str, str | None], FeatureExtractor] = {}
 
 
 def _extractor(job: SegmentJob) -> FeatureExtractor:
     """The job's extractor (one thread: a Dask worker runs one task at a time), checked to be
     the one the client planned for (an ONNX file with other bytes is refused)."""
-    ext = _EXTRACTORS.get(job.features)
+    key = (job.features, job.features_sha256)
+    ext = _EXTRACTORS.get(key)
     if ext is None:
-        ext = _EXTRACTORS[job.features] = parse_features(job.features, threads=1)
+        ext = parse_features(job.features, threads=1)
     seen = ext.describe().get("features_sha256")
     if seen != job.features_sha256:
         raise ConfigError(
             f"--features {job.features}: a Dask worker reads a model file other than the "
             f"client's (SHA-256 {seen}, not {job.features_sha256}). Give the workers the same file."
         )
+    _EXTRACTORS[key] = ext
     return ext
 
 
