@@ -160,7 +160,7 @@ class RunConfig:
     features : str
         What the PCA is fitted on: ``pixels``, ``hog``, ``hog:CELL`` or ``onnx:MODEL.onnx`` (see
         :mod:`stream_cluster.images.features`), or ``auto`` (default), which becomes ``hog``
-        for the learned space where HOG can run (a local ingest with a pixel store, images at
+        for the learned space where HOG can run (a pixel store, locally or on Dask, images at
         least :data:`MIN_HOG_SIDE` px on the shorter side) and ``pixels`` otherwise, so
         ``space="pca"`` alone is the seed's path.
     """
@@ -277,11 +277,11 @@ class RunConfig:
                 f"--features must be pixels, hog, hog:CELL or onnx:MODEL.onnx. "
                 f"Got {self.features!r} instead."
             )
-        if self.features != "pixels" and (self.dask is not None or self.keep_pixels == "never"):
+        if self.features != "pixels" and self.keep_pixels == "never":
             raise ConfigError(
-                f"--features {self.features} runs in the local ingest with a pixel store: it "
-                f"cannot be used with --dask or --keep-pixels never yet. Drop those flags, or "
-                f"use --features pixels."
+                f"--features {self.features} is computed in the ingest beside a pixel store: it "
+                f"cannot be used with --keep-pixels never yet. Drop that flag, or use "
+                f"--features pixels."
             )
         if self.out_dir.exists() and not self.out_dir.is_dir():
             raise ConfigError(
@@ -292,6 +292,14 @@ class RunConfig:
     def n_features(self) -> int:
         """Values per image (one grey byte per pixel)."""
         return self.width * self.height
+
+    @property
+    def pca_dim(self) -> int:
+        """Values per image the PCA sees: the pixels, or ``--features``' dimension (which
+        :func:`~stream_cluster.memory.planner.with_features` records in ``extra``)."""
+        if self.features == "pixels":
+            return self.n_features
+        return int(self.extra.get("features_dim", self.n_features))
 
     @property
     def do_elbow(self) -> bool:
@@ -326,13 +334,14 @@ class RunConfig:
 
 def auto_features(config: RunConfig) -> str:
     """What ``--features auto`` means for these settings: ``hog`` for the learned space where
-    HOG runs (local ingest with a pixel store, images >= MIN_HOG_SIDE px), else ``pixels``.
+    HOG runs (an ingest with a pixel store, local or on Dask, images >= MIN_HOG_SIDE px), else
+    ``pixels``: a Dask run and a local one of the same settings fit the same features.
 
     HOG gave better clusters than pixels in the learned space on every labelled set of real
     pictures measured (benchmarks/RESULTS_quality.md); ``--space pca`` keeps the seed's path.
     """
-    local = config.dask is None and config.keep_pixels == "always"
-    hog = config.space == "tsne" and local and min(config.width, config.height) >= MIN_HOG_SIDE
+    stored = config.keep_pixels == "always"
+    hog = config.space == "tsne" and stored and min(config.width, config.height) >= MIN_HOG_SIDE
     return "hog" if hog else "pixels"
 
 

@@ -81,15 +81,17 @@ def test_local_cluster_leaves_the_environment_as_it_was() -> None:
 
 
 def _config(images: Path, out: Path, address: str, **kw: Any) -> RunConfig:
+    """The tests' settings; the pixels unless ``features`` says otherwise (auto means hog)."""
     base: dict[str, Any] = dict(mem_budget=BUDGET, width=16, height=20, n_components=8, k=3,
-                                k_range=(2, 6), batch_size=16, checkpoint_seconds=0.0)  # fmt: skip
+                                k_range=(2, 6), batch_size=16, checkpoint_seconds=0.0,
+                                features="pixels")  # fmt: skip
     base.update(kw)
     return RunConfig(images, out, dask=address, **base)
 
 
 def _run(config: RunConfig, stop_after: tuple[str, int] | None = None, **kw: Any) -> Any:
     """Consume the run; with ``stop_after=(stage, done)``, stop the client at that event."""
-    gen = iter_run_dask(config, shard_images=32, **kw)
+    gen = iter_run_dask(config, **{"shard_images": 32, **kw})
     try:
         while True:
             ev = next(gen)
@@ -333,3 +335,106 @@ def test_dask_refuses_update_and_a_single_process_run_folder(
     stream_cluster.run(dataclasses.replace(config, dask=None, workers=0))
     with pytest.raises(CheckpointMismatchError, match="made without --dask"):
         _run(config)
+
+
+@pytest.fixture(scope="module")
+def hog_runs(
+    cluster: LocalCluster, shapes: tuple[Path, list[int]], tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Path, Path]:
+    """The shapes with the default features (auto: hog at 16x20) on Dask with one PCA shard,
+    and the same settings in this process."""
+    root = tmp_path_factory.mktemp("hog")
+    config = _config(shapes[0], root / "dask", cluster.scheduler_address, features="auto")
+    assert config.features == "hog"
+    _run(config, shard_images=1000)
+    stream_cluster.run(dataclasses.replace(config, dask=None, out_dir=root / "local", workers=0))
+    return root / "dask", root / "local"
+
+
+def _features(out: Path) -> np.ndarray:
+    """The run's PCA features, rows in path order (a local run and a Dask one store them in
+    different orders)."""
+    n_keep = json.loads((out / "state.json").read_text())["stages"]["pca"]["n_keep"]
+    store = RowStore(out / "features", int(n_keep), np.float32)
+    rows, names = store.read(0, len(store)), store.names()
+    return rows[np.argsort(np.array(names, dtype=object))]
+
+
+def test_dask_hog_equals_the_local_hog_run(hog_runs: tuple[Path, Path]) -> None:
+    """Check that --features hog on Dask fits the HOG rows of a local run (bitwise), gives PCA
+    features within 1e-5 of the local run's and the same labels, and records hog in run.json."""
+    on_dask, local = hog_runs
+    for out in hog_runs:
+        assert json.loads((out / "run.json").read_text())["settings"]["features"] == "hog"
+    # 16x20 px, 4 px cells: 3 x 4 blocks of 2 x 2 cells of 9 orientations
+    a, b = (RowStore(out / "descriptors", 432, np.float32) for out in hog_runs)
+    assert a.names() == b.names() and len(a) == 90
+    np.testing.assert_array_equal(a.read(0, 90), b.read(0, 90))
+    fa, fb = _features(on_dask), _features(local)
+    scale = float(np.abs(fb).max())
+    np.testing.assert_allclose(fa, fb, rtol=1e-5, atol=1e-5 * scale)
+    assert _labels(on_dask) == _labels(local)
+
+
+def test_dask_hog_resumes_and_repairs_a_rotted_descriptor_segment(
+    hog_runs: tuple[Path, Path], cluster: LocalCluster, tmp_path: Path,
+    shapes: tuple[Path, list[int]], caplog: pytest.LogCaptureFixture,
+) -> None:  # fmt: skip
+    """Check that a hog run on Dask stopped mid-ingest keeps its finished pixel and HOG segments
+    and ends with the uninterrupted run's labels; then that a rotted HOG segment is computed
+    again from the pixels (the repair) and the labels do not change."""
+    from stream_cluster.storage.checkpoint import RunState
+
+    out = tmp_path / "run"
+    config = _config(shapes[0], out, cluster.scheduler_address, features="hog")
+    assert _run(config, stop_after=("ingest", 32), shard_images=1000) is None
+    finished = sorted((out / "dask" / "ingest").glob("seg-*.json"))
+    assert 0 < len(finished) < 6, "the stop was not mid-ingest"
+    kept = {p: p.stat().st_mtime_ns for f in finished
+            for p in (out / "pixels" / f"{f.stem}.h5", out / "descriptors" / f"{f.stem}.h5")}
+    _run(config, shard_images=1000)
+    assert {p: p.stat().st_mtime_ns for p in kept} == kept
+    want = _labels(hog_runs[0])
+    assert _labels(out) == want
+
+    RunState(out / "state.json").reset(["pca", "embed", "space", "elbow", "cluster", "report"])
+    for name in ("pca.h5", "labels.csv"):
+        (out / name).unlink()
+    segment = out / "descriptors" / "seg-000001.h5"
+    size = segment.stat().st_size
+    with open(segment, "r+b") as fh:
+        fh.seek(size // 2 - 2048)
+        fh.write(os.urandom(4096))
+    with caplog.at_level("WARNING", logger="stream_cluster"):
+        _run(config, shard_images=1000)
+    assert any("seg-000001.h5 was corrupt; computed its features again" in r.message
+               for r in caplog.records)  # fmt: skip
+    assert _labels(out) == want
+
+
+def test_dask_onnx_equals_the_local_onnx_run_and_refuses_other_model_bytes(
+    cluster: LocalCluster, tmp_path: Path, shapes: tuple[Path, list[int]]
+) -> None:
+    """Check that --features onnx:FILE on Dask computes the local run's feature rows (to 1e-5:
+    onnxruntime runs one thread per worker) and labels, and that a worker whose model file has
+    other bytes than the client planned for refuses it."""
+    from stream_cluster.stages.shard_tasks import SegmentJob, ingest_segment
+
+    from .test_features import _conv_model
+
+    model = _conv_model(tmp_path / "tiny.onnx")
+    config = _config(shapes[0], tmp_path / "dask", cluster.scheduler_address,
+                     features=f"onnx:{model}", n_components=4)  # fmt: skip
+    _run(config, shard_images=1000)
+    stream_cluster.run(dataclasses.replace(config, dask=None, out_dir=tmp_path / "local"))
+    a, b = (RowStore(tmp_path / out / "descriptors", 8, np.float32) for out in ("dask", "local"))
+    assert a.names() == b.names() and len(a) == 90
+    np.testing.assert_allclose(a.read(0, 90), b.read(0, 90), rtol=1e-5, atol=1e-6)
+    assert _labels(tmp_path / "dask") == _labels(tmp_path / "local")
+
+    px = os.fspath(tmp_path / "px")
+    os.mkdir(px)
+    job = SegmentJob(0, ("kind0/img-000.png",), os.fspath(shapes[0]), px, px, 16, 20,
+                     features=f"onnx:{model}", descriptors_dir=px, features_sha256="0" * 64)
+    with pytest.raises(ConfigError, match="a Dask worker reads a model file other than"):
+        ingest_segment(job)

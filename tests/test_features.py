@@ -304,12 +304,16 @@ def test_corrupt_descriptor_segment_is_computed_again(
                for r in caplog.records)  # fmt: skip
 
 
-def test_features_not_with_dask_or_without_pixel_store(tmp_path: Path) -> None:
-    """Check that hog/onnx with --dask or --keep-pixels never is refused, saying why."""
-    with pytest.raises(ConfigError, match="cannot be used with --dask or --keep-pixels never"):
-        RunConfig(tmp_path, tmp_path / "o", features="hog", dask="local:2")
-    with pytest.raises(ConfigError, match="cannot be used with --dask or --keep-pixels never"):
+def test_features_not_without_pixel_store(tmp_path: Path) -> None:
+    """Check that hog/onnx with --keep-pixels never is refused, saying why, and that --dask
+    takes them (and makes auto hog as a local run does)."""
+    with pytest.raises(ConfigError, match="cannot be used with --keep-pixels never"):
         RunConfig(tmp_path, tmp_path / "o", features="hog", keep_pixels="never")
+    assert RunConfig(tmp_path, tmp_path / "o", features="hog", dask="local:2").features == "hog"
+    on_dask = RunConfig(tmp_path, tmp_path / "o", width=32, height=32, dask="local:2")
+    assert on_dask.features == RunConfig(tmp_path, tmp_path / "o", width=32, height=32).features
+    assert on_dask.features == "hog"
+    assert RunConfig(tmp_path, tmp_path / "o", space="pca", dask="local:2").features == "pixels"
 
 
 def test_components_capped_at_feature_dimension(

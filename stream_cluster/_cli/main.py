@@ -210,7 +210,8 @@ def _main(command: str, args: argparse.Namespace, stop: _StopOnSignals) -> int:
 
             found = scan(config.input_dir, follow_external_symlinks=config.follow_symlinks)
             print(f"{len(found.files)} image files in {config.input_dir}")
-            mem_plan = plan_folder(with_features(config)[0], found.root, found.files)
+            config = with_features(config)[0]  # the plan and the Dask figures see --features
+            mem_plan = plan_folder(config, found.root, found.files)
             print(mem_plan.describe())
             if config.dask is not None:
                 from stream_cluster.parallel.dask_plan import describe_dask

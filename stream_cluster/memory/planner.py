@@ -40,6 +40,8 @@ def with_features(config: RunConfig) -> tuple[RunConfig, FeatureExtractor | None
     if config.features == "pixels":
         return config, None
     workers = config.workers if config.workers else os.cpu_count() or 1
+    if config.dask is not None:  # the budget is per Dask worker, which runs one task at a time
+        workers = 1
     extractor = parse_features(config.features, threads=workers)
     w, h = config.width, config.height
     dim = extractor.dim(w, h)

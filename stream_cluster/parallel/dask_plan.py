@@ -114,17 +114,19 @@ def merge_memory_bytes(n_components: int, n_features: int, block_columns: int = 
 
 def _worker_peaks(config: RunConfig, plan: MemoryPlan) -> dict[str, int]:
     d = config.n_features
+    # --features: the extractor and the segment's feature rows (with_features' reserve)
+    features = int(config.extra.get("features_bytes", 0))
     return {
-        "ingest": PARENT_BASE_BYTES + plan.segment_rows * d + 2 * d * 8,
+        "ingest": PARENT_BASE_BYTES + plan.segment_rows * d + 2 * d * 8 + features,
         "PCA fit": plan.stage_bytes["pca"],
-        "merge": merge_memory_bytes(config.n_components, d),
+        "merge": merge_memory_bytes(config.n_components, config.pca_dim),
         "embed": plan.stage_bytes["embed"],
     }
 
 
 def check_worker_budget(config: RunConfig, plan: MemoryPlan) -> None:
     """Raise BudgetError when a worker cannot hold a merge of two PCA states in the budget."""
-    need = merge_memory_bytes(config.n_components, config.n_features)
+    need = merge_memory_bytes(config.n_components, config.pca_dim)
     if need > config.mem_budget * SAFETY:
         gib = math.ceil(need / SAFETY / 2**28) / 4
         raise BudgetError(
@@ -161,6 +163,6 @@ def describe_dask(config: RunConfig, plan: MemoryPlan, n_files: int) -> str:
         "  per worker: " + ", ".join(f"{s} {format_bytes(b)}" for s, b in peaks.items()),
         f"  client: k-means {format_bytes(plan.stage_bytes['kmeans'])} (features "
         f"{'in memory' if plan.features_in_memory else 'streamed'}), the model to scatter "
-        f"{format_bytes(PARENT_BASE_BYTES + 4 * config.n_components * config.n_features)}",
+        f"{format_bytes(PARENT_BASE_BYTES + 4 * config.n_components * config.pca_dim)}",
     ]
     return "\n".join(lines)

@@ -48,13 +48,16 @@ def submit_pca_tree(
 ) -> dict[Any, str]:
     """Submit every unfinished fit and merge; return their futures with a label each.
 
+    ``pixels`` is the folder of the segments fitted: the pixel store, or with ``--features``
+    other than pixels the float32 feature store (``descriptors/``).
     Shards without rows (every file skipped) are left out of the tree; a leaf with fewer rows
     than components keeps as many components as rows, and a merge at most ``k_a + k_b + 1``.
     """
     b = layout.shard_bounds
     rows = [sum(seg_rows[b[j] : b[j + 1]]) for j in range(layout.n_shards)]
     leaves = [j for j in range(layout.n_shards) if rows[j] > 0]
-    k, d = config.n_components, config.n_features
+    k, d = config.n_components, config.pca_dim
+    float_rows = config.features != "pixels"
 
     def path(lo: int, hi: int) -> str:
         if (lo, hi) == (0, len(leaves)):
@@ -81,7 +84,7 @@ def submit_pca_tree(
             j = leaves[lo]
             segs = tuple(os.fspath(pixels / segment_name(i)) for i in range(b[j], b[j + 1]))
             job = ShardJob(j, segs, d, rows[j], comps(lo, hi), config.pca_solver,
-                           layout.pca_batch, path(lo, hi))  # fmt: skip
+                           layout.pca_batch, path(lo, hi), float_rows)  # fmt: skip
             fut = client.submit(fit_shard, job, pure=False)
             tasks[fut] = f"fit {j}"
         else:
@@ -116,7 +119,8 @@ def pca_stage(
     if record.done and same_key(record.get("key"), key) and final.exists():
         return
     states.mkdir(parents=True, exist_ok=True)
-    tasks = submit_pca_tree(client, config, layout, seg_rows, (out / "pixels").resolve(),
+    rows_dir = out / ("pixels" if config.features == "pixels" else "descriptors")
+    tasks = submit_pca_tree(client, config, layout, seg_rows, rows_dir.resolve(),
                             states.resolve(), final)  # fmt: skip
     fits, merges = dict(dask_record.get("fits", {})), dict(dask_record.get("merges", {}))
     yield Progress("pca", 0, len(tasks), "tasks")

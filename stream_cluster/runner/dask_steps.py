@@ -4,7 +4,8 @@ What runs where:
 
 - scan, the memory plan and the shared-storage check on the client;
 - **ingest**: one task per pixel segment decodes a fixed slice of the processing order and
-  writes that segment and its manifest into the run folder (an
+  writes that segment (with ``--features`` other than pixels, also its feature rows in
+  ``descriptors/``, which the PCA and embed then read) and its manifest into the run folder (an
   :class:`~stream_cluster.parallel.dask_executor.DaskExecutor` map);
 - **PCA**: one task per shard fits a :class:`~stream_cluster.pca.streaming.StreamingPCA` on its own
   segments; the states are merged by :meth:`StreamingPCA.merge` in the fixed tree of
@@ -27,7 +28,6 @@ import logging
 import os
 import shutil
 import threading
-import time
 from collections.abc import Generator, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
@@ -45,7 +45,7 @@ from stream_cluster.errors import (
 from stream_cluster.images.decode import DecodeChunk
 from stream_cluster.images.scan import ScanResult
 from stream_cluster.memory.budget import MemoryPlan
-from stream_cluster.memory.planner import disk_need, plan_folder
+from stream_cluster.memory.planner import disk_need, plan_folder, with_features
 from stream_cluster.memory.sampler import OwnRssSampler
 from stream_cluster.parallel.dask_executor import (
     DaskExecutor,
@@ -57,21 +57,13 @@ from stream_cluster.parallel.dask_executor import (
 from stream_cluster.parallel.dask_plan import DaskLayout, check_worker_budget, make_layout
 from stream_cluster.report.results import RunResult, write_skipped
 from stream_cluster.runner import runfolder
+from stream_cluster.runner.dask_embed import embed_stage
 from stream_cluster.runner.dask_pca import pca_stage
 from stream_cluster.runner.sequence import execute
 from stream_cluster.runner.steps import Pixels, StageRunner, Steps
 from stream_cluster.stages.base import Progress, ProgressEvent, StageRecord
-from stream_cluster.stages.embed import feature_store
-from stream_cluster.stages.fit_pca import load_pca
 from stream_cluster.stages.ingest import start_ingest
-from stream_cluster.stages.shard_tasks import (
-    EmbedJob,
-    SegmentJob,
-    decode_alone,
-    embed_segment,
-    ingest_segment,
-    segment_name,
-)
+from stream_cluster.stages.shard_tasks import SegmentJob, decode_alone, ingest_segment
 from stream_cluster.stages.update import ingest_order
 from stream_cluster.storage.atomic import atomic_write_bytes
 from stream_cluster.storage.store import RowStore
@@ -100,6 +92,8 @@ def iter_run_dask(
     decoder (tests inject failures with it). ``config.mem_budget`` is per worker and for the
     client.
     """
+    if config.features != "pixels" and "features_dim" not in config.extra:
+        config = with_features(config)[0]  # called directly, not through iter_run
     steps = DaskSteps(shard_images, decode_chunk)
     return (yield from execute(config, steps, fresh=fresh, update=update))
 
@@ -216,7 +210,7 @@ class DaskSteps(Steps):
                 f"out differently. Rerun without --dask to continue it, with --fresh to start "
                 f"over on Dask, or give another --out folder."
             )
-        for name in (DASK_DIR, "pixels", "features"):  # unrecorded leftovers: nothing to keep
+        for name in (DASK_DIR, "pixels", "descriptors", "features"):  # unrecorded leftovers
             shutil.rmtree(self.out / name, ignore_errors=True)
         for name in ("pca.h5", "pca-checkpoint.h5"):
             (self.out / name).unlink(missing_ok=True)
@@ -243,10 +237,12 @@ class DaskSteps(Steps):
             return [(str(a), str(b)) for a, b in rec.get("skipped", [])]
         cfg = self.config
         pixels_dir, manifests = self.out / "pixels", self.out / DASK_DIR / "ingest"
-        pixels_dir.mkdir(parents=True, exist_ok=True)
-        manifests.mkdir(parents=True, exist_ok=True)
-        for stale in pixels_dir.glob(".tmp-*"):  # attempts killed with the previous client
-            shutil.rmtree(stale, ignore_errors=True)
+        descriptors = self.out / "descriptors"  # --features rows, segment for segment
+        folders = [pixels_dir, manifests] + ([descriptors] if cfg.features != "pixels" else [])
+        for folder in folders:
+            folder.mkdir(parents=True, exist_ok=True)
+            for stale in folder.glob(".tmp-*"):  # attempts killed with the previous client
+                shutil.rmtree(stale, ignore_errors=True)
         jobs, done_files, n_skipped = [], 0, len(scan_skipped)
         for i in range(layout.n_segments):
             lo, hi = layout.files_of(i)
@@ -257,7 +253,9 @@ class DaskSteps(Steps):
             jobs.append(SegmentJob(
                 i, tuple(ordered[lo:hi]), os.fspath(root), os.fspath(pixels_dir.resolve()),
                 os.fspath(manifests.resolve()), cfg.width, cfg.height, mem_plan.decode_cap,
-                decode_chunk=self.decode_chunk,
+                decode_chunk=self.decode_chunk, features=cfg.features,
+                descriptors_dir=os.fspath(descriptors.resolve()),
+                features_sha256=cfg.extra.get("features_sha256"),
             ))  # fmt: skip
         total = len(ordered)
         yield Progress("ingest", done_files, total, skipped=n_skipped)
@@ -314,60 +312,8 @@ class DaskSteps(Steps):
         self, layout: DaskLayout, n_keep: int, pca_key: Any, n_rows: int
     ) -> Generator[Progress, None, RowStore]:
         """Project every segment with the model scattered once; feature segment i = pixel i."""
-        rec = self.record("embed")
-        features_dir = self.out / "features"
-        if rec.get("key") != pca_key:
-            shutil.rmtree(features_dir, ignore_errors=True)
-            rec.update(key=pca_key, done=False)
-        features_dir.mkdir(parents=True, exist_ok=True)
-        if rec.done:
-            return feature_store(self.out, n_keep)
-        for stale in features_dir.glob(".tmp-*"):
-            shutil.rmtree(stale, ignore_errors=True)
-        missing = [i for i in range(layout.n_segments)
-                   if not (features_dir / segment_name(i)).exists()]  # fmt: skip
-        done = n_rows - sum(self._segment_rows(layout)[i] for i in missing)
-        yield Progress("embed", done, n_rows)
-        if missing:
-            model = load_pca(self.out / "pca.h5")
-            scatter_bytes = int(model.components_.nbytes + model.mean_.nbytes * 2)
-            t0 = time.perf_counter()
-            shared = self.client.scatter(model, hash=False)
-            scatter_seconds = time.perf_counter() - t0
-            del model
-            pixels, fdir = (self.out / "pixels").resolve(), os.fspath(features_dir.resolve())
-            d = self.config.n_features
-            jobs = [(EmbedJob(i, os.fspath(pixels / segment_name(i)), d, fdir, n_keep), shared)
-                    for i in missing]  # fmt: skip
-            try:
-                for res in self.executor.map_unordered(embed_segment, jobs):
-                    if res.died is not None or res.value is None:
-                        raise StreamClusterError(
-                            f"Embedding segment {res.shard[0].index} killed every Dask worker it "
-                            f"ran on; give the workers at least --mem-budget each."
-                        )
-                    self.note(res.value, "embed", int(res.value.get("rows", 0)))
-                    done += int(res.value.get("rows", 0))
-                    yield Progress("embed", done, n_rows)
-            finally:
-                shared.release()
-            self.record("dask").update(
-                scatter={"bytes": scatter_bytes, "seconds": scatter_seconds},
-                transfers=self._transfers(),
-            )
-        rec.update(done=True)
-        return feature_store(self.out, n_keep)
-
-    def _transfers(self) -> dict[str, int]:
-        """Bytes each worker fetched from other workers so far (Dask's transfer log)."""
-
-        def fetched(dask_worker: Any) -> int:
-            return int(sum(e["total"] for e in getattr(dask_worker, "transfer_incoming_log", [])))
-
-        try:
-            return {str(a): int(v) for a, v in self.client.run(fetched).items()}
-        except Exception:  # a diagnostic only: never fail a run for it
-            return {}
+        return embed_stage(self.record("embed"), self.record("dask"), self.client, self.config,
+                           self.out, self._segment_rows(layout), n_keep, pca_key, self.note)
 
     def _write_dask_section(self, layout: DaskLayout, n_workers: int) -> None:
         """Add the distributed figures to run.json: layout, fits, merges, worker peaks."""

@@ -25,8 +25,9 @@ from typing import Any
 
 import numpy as np
 
-from stream_cluster.errors import CorruptSegmentError, StoreError
+from stream_cluster.errors import ConfigError, CorruptSegmentError, StoreError
 from stream_cluster.images.decode import DECODE_MEMORY_CAP, PIXEL_SCALE, DecodeChunk, decode_many
+from stream_cluster.images.features import FeatureExtractor, parse_features
 from stream_cluster.parallel.dask_executor import worker_stats
 from stream_cluster.pca.streaming import StreamingPCA
 from stream_cluster.stages.fit_pca import load_pca, read_scaled
@@ -116,15 +117,21 @@ class SegmentJob:
     memory_cap: int = DECODE_MEMORY_CAP
     crashed: tuple[str, ...] = ()
     decode_chunk: DecodeChunk | None = None
+    features: str = "pixels"  #: ``--features``; other than pixels, rows go to descriptors_dir
+    descriptors_dir: str = ""
+    features_sha256: str | None = None  #: an ONNX file's hash as the client saw it
 
 
 CRASHED = "decoder crashed: the worker process died on this file"
 
 
 def ingest_segment(job: SegmentJob) -> dict[str, Any]:
-    """Decode the job's files and write its pixel segment and manifest (``seg-NNNNNN.json``).
+    """Decode the job's files and write its pixel segment and manifest (``seg-NNNNNN.json``);
+    with ``--features`` other than pixels, also its feature segment (same index and names)
+    in ``descriptors_dir``, before the manifest, so a finished job always has both.
 
-    Memory: ``len(files) * width * height`` bytes of rows plus one image's decode workspace.
+    Memory: ``len(files) * width * height`` bytes of rows plus one image's decode workspace;
+    with features, the extractor's own bytes and ``len(files) * dim`` float32 values.
     """
     manifest = Path(job.manifest_dir) / f"seg-{job.index:06d}.json"
     if manifest.exists():
@@ -153,15 +160,67 @@ def ingest_segment(job: SegmentJob) -> dict[str, Any]:
             else:
                 skipped.append([rel, why])
     skipped += [[f, CRASHED] for f in job.files if f in crashed]
+    pixels = rows[: len(names)]
+    if job.features != "pixels":
+        pixels, names = _publish_features(job, pixels, names, skipped)
     position = {f: i for i, f in enumerate(job.files)}
     skipped.sort(key=lambda s: position[s[0]])
     final_dir = Path(job.pixels_dir)
     with _private_store(final_dir, d, np.uint8) as store:
-        store.append(rows[: len(names)], names)
+        store.append(np.ascontiguousarray(pixels), names)
         _publish_segment(store, final_dir / segment_name(job.index))
     doc = {"index": job.index, "files": len(job.files), "rows": len(names), "skipped": skipped}
     _write_json(manifest, doc)
     return {**doc, "seconds": time.perf_counter() - t0, **worker_stats()}
+
+
+#: Per worker process, by spec and file hash: an ONNX session opens once, not once a task.
+_EXTRACTORS: dict[tuple[str, str | None], FeatureExtractor] = {}
+
+
+def _extractor(job: SegmentJob) -> FeatureExtractor:
+    """The job's extractor (one thread: a Dask worker runs one task at a time), checked to be
+    the one the client planned for (an ONNX file with other bytes is refused)."""
+    key = (job.features, job.features_sha256)
+    ext = _EXTRACTORS.get(key)
+    if ext is None:
+        ext = parse_features(job.features, threads=1)
+    seen = ext.describe().get("features_sha256")
+    if seen != job.features_sha256:
+        raise ConfigError(
+            f"--features {job.features}: a Dask worker reads a model file other than the "
+            f"client's (SHA-256 {seen}, not {job.features_sha256}). Give the workers the same file."
+        )
+    _EXTRACTORS[key] = ext
+    return ext
+
+
+def _publish_features(
+    job: SegmentJob, pixels: np.ndarray, names: list[bytes], skipped: list[list[str]]
+) -> tuple[np.ndarray, list[bytes]]:
+    """Write the segment's feature rows (float32) to ``descriptors_dir``; return the pixel rows
+    and names kept. As in the local ingest, an image the extractor fails on is skipped when it
+    runs per image (HOG); a batched one (ONNX) that fails ends the task."""
+    ext = _extractor(job)
+    w, h = job.width, job.height
+    if ext.in_workers:
+        feats = np.empty((len(names), ext.dim(w, h)), dtype=np.float32)
+        keep: list[int] = []
+        for i in range(len(names)):
+            try:
+                feats[len(keep)] = ext.transform(pixels[i : i + 1], w, h)[0]
+                keep.append(i)
+            except Exception as exc:  # a feature bug on one image must not end the run
+                why = f"feature extraction failed: {type(exc).__name__}: {exc}"[:300]
+                skipped.append([os.fsdecode(names[i]), why])
+        pixels, names, feats = pixels[keep], [names[i] for i in keep], feats[: len(keep)]
+    else:
+        feats = np.ascontiguousarray(ext.transform(pixels, w, h), dtype=np.float32)
+    final_dir = Path(job.descriptors_dir)
+    with _private_store(final_dir, feats.shape[1], np.float32) as store:
+        store.append(feats, names)
+        _publish_segment(store, final_dir / segment_name(job.index))
+    return pixels, names
 
 
 def decode_alone(job: SegmentJob) -> bool:
@@ -174,7 +233,8 @@ def decode_alone(job: SegmentJob) -> bool:
 # -- PCA ---------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class ShardJob:
-    """Fit a StreamingPCA on the rows of ``segments`` (pixel segment paths, in order)."""
+    """Fit a StreamingPCA on the rows of ``segments`` (pixel segment paths, in order; with
+    ``float_rows``, feature segments of float32 rows, fitted as they are)."""
 
     index: int
     segments: tuple[str, ...]
@@ -184,6 +244,7 @@ class ShardJob:
     solver: str
     batch: int
     out: str
+    float_rows: bool = False
 
 
 @contextmanager
@@ -222,7 +283,8 @@ def fit_shard(job: ShardJob) -> dict[str, Any]:
     if is_complete_state(job.out):
         return _state_info(job.out, t0, rows=job.rows, cached=True)
     model = StreamingPCA(job.n_components, solver=job.solver, copy=False)
-    with segment_view(job.segments, job.row_size, np.uint8) as pixels:
+    dtype = np.float32 if job.float_rows else np.uint8
+    with segment_view(job.segments, job.row_size, dtype) as pixels:
         if len(pixels) != job.rows:
             raise StoreError(f"shard {job.index}: {len(pixels)} rows, expected {job.rows}")
         for lo in range(0, job.rows, job.batch):
@@ -273,13 +335,15 @@ def merge_node(
 # -- embed -------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class EmbedJob:
-    """Project pixel segment ``index`` onto the first ``n_keep`` components."""
+    """Project pixel segment ``index`` (with ``float_rows``, its float32 feature segment)
+    onto the first ``n_keep`` components."""
 
     index: int
     pixels: str
     row_size: int
     features_dir: str
     n_keep: int
+    float_rows: bool = False
 
 
 def embed_segment(job_and_model: tuple[EmbedJob, StreamingPCA]) -> dict[str, Any]:
@@ -293,10 +357,12 @@ def embed_segment(job_and_model: tuple[EmbedJob, StreamingPCA]) -> dict[str, Any
     final = Path(job.features_dir) / segment_name(job.index)
     if final.exists():
         return {"index": job.index, "cached": True}
-    with segment_view([job.pixels], job.row_size, np.uint8) as pixels:
+    dtype = np.float32 if job.float_rows else np.uint8
+    with segment_view([job.pixels], job.row_size, dtype) as pixels:
         x = pixels.read(0, len(pixels))
         names = pixels.names()
-    z = model.transform(x, scale=PIXEL_SCALE)[:, : job.n_keep]
+    # As the local embed: uint8 pixels scaled block by block, feature rows as they are.
+    z = model.transform(x, scale=PIXEL_SCALE if x.dtype == np.uint8 else None)[:, : job.n_keep]
     del x
     with _private_store(final.parent, job.n_keep, np.float32) as store:
         store.append(np.ascontiguousarray(z, dtype=np.float32), names)
