@@ -117,8 +117,8 @@ def _add_run_options(p: argparse.ArgumentParser, *, demo: bool = False) -> None:
         "longer (same labels). Not with --update or --dask.",
     )
     p.add_argument("--features", default="auto", metavar="auto|pixels|hog[:CELL]|onnx:FILE",
-                   help="what the PCA is fitted on: auto (default) = hog with --space tsne on a "
-                   "local run with a pixel store and images of 16 px or more, else pixels; "
+                   help="what the PCA is fitted on: auto (default) = hog with --space tsne, a "
+                   "pixel store (local or --dask) and images of 16 px or more, else pixels; "
                    "pixels: the grey pixels; hog: scikit-image HOG (9 orientations, CELL px "
                    "cells, default max(4, min(w,h)//12), 2x2 blocks); onnx:FILE: that ONNX "
                    "image model's output, run on the CPU (nothing is downloaded; pip install "
