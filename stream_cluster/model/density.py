@@ -12,7 +12,7 @@ import numpy as np
 
 from stream_cluster.model.kmeans import KMeansResult
 
-__all__ = ["fit_hdbscan", "min_cluster_size", "nearest_labels"]
+__all__ = ["NearestLabels", "fit_hdbscan", "min_cluster_size"]
 
 
 def min_cluster_size(n_images: int) -> int:
@@ -52,13 +52,20 @@ def fit_hdbscan(positions: np.ndarray, min_size: int | None = None
     return KMeansResult(centers, labels, sq, float(sq.sum())), noise
 
 
-def nearest_labels(train: np.ndarray, train_labels: np.ndarray, x: np.ndarray) -> np.ndarray:
-    """The label of each row of ``x``'s nearest training position (ties: the first).
+class NearestLabels:
+    """The label of a position's nearest training position (ties: the first), from a KD-tree
+    built once for every batch ``assign`` brings.
 
-    Memory: a KD-tree of the training positions (about ``40 n`` bytes).
+    Memory: the tree (about ``40 n`` bytes for ``n`` training positions).
     """
-    from scipy.spatial import cKDTree
 
-    _, idx = cKDTree(train).query(np.asarray(x, dtype=np.float64), k=1)
-    out: np.ndarray = np.asarray(train_labels)[idx]
-    return out
+    def __init__(self, train: np.ndarray, train_labels: np.ndarray) -> None:
+        from scipy.spatial import cKDTree
+
+        self.tree = cKDTree(np.asarray(train, dtype=np.float64))
+        self.labels = np.asarray(train_labels)
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        _, idx = self.tree.query(np.asarray(x, dtype=np.float64), k=1)
+        out: np.ndarray = self.labels[idx]
+        return out

@@ -21,7 +21,7 @@ import numpy as np
 from stream_cluster.errors import InputError, StoreError
 from stream_cluster.images.decode import PIXEL_SCALE, decode_image, letterbox_array
 from stream_cluster.images.features import FeatureExtractor, file_sha256, parse_features
-from stream_cluster.model.density import nearest_labels
+from stream_cluster.model.density import NearestLabels
 from stream_cluster.model.format import (
     FORMAT,
     FORMAT_VERSION,
@@ -82,6 +82,7 @@ class FittedModel:
     meta: dict[str, Any] = field(default_factory=dict)
     space: ClusterSpace | None = None
     density: tuple[np.ndarray, np.ndarray] | None = None
+    _nearest: NearestLabels | None = field(default=None, repr=False, compare=False)
     _extractor: FeatureExtractor | None = field(default=None, repr=False, compare=False)
 
     @property
@@ -156,6 +157,13 @@ class FittedModel:
         x, scale = self.featurize(self.rows(images))
         z = self.pca.transform(x, scale=scale)
         return np.ascontiguousarray(z[:, : self.n_components], dtype=np.float32)
+
+    def nearest_labels(self) -> NearestLabels:
+        """HDBSCAN's groups for new positions: the nearest training image's (built once)."""
+        if self._nearest is None:
+            assert self.density is not None
+            self._nearest = NearestLabels(*self.density)
+        return self._nearest
 
     def positions(self, images: Sequence[str | os.PathLike[str] | np.ndarray]) -> np.ndarray:
         """Where images land in the space the clusters live in: ``(n, 2)`` positions in the
@@ -318,7 +326,7 @@ def assign_batch(model: FittedModel, rows: np.ndarray) -> tuple[np.ndarray, np.n
     if model.density is None:
         km = nearest_centre(model.centers, FeatureSource(pos))
         return km.labels, np.sqrt(km.sq_distances), novel
-    labels = nearest_labels(*model.density, pos).astype(np.int32)
+    labels = model.nearest_labels()(pos).astype(np.int32)
     return labels, np.sqrt(((pos - model.centers[labels]) ** 2).sum(axis=1)), novel
 
 

@@ -36,9 +36,8 @@ logger = logging.getLogger(__name__)
 def read_scaled(
     pixels: RowReader, lo: int, hi: int, out: np.ndarray | None = None
 ) -> np.ndarray:
-    """Rows ``lo:hi`` of the pixel store as float32 in 0..1 (float32 rows as they are; into
-    ``out`` if given), read
-    READ_ROWS rows at a time.
+    """Rows ``lo:hi`` of the pixel store as float32 in 0..1 (float32 feature rows as they are),
+    into ``out`` if given, read READ_ROWS rows at a time.
 
     Filling the batch in slices spares a uint8 copy of the whole batch (146 MB at the seed size).
     """

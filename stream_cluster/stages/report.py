@@ -204,13 +204,9 @@ def write_report(
     total = n + k
 
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="report-map") as pool:
-        mapped = None
-        if positions is not None:
-            mapped = pool.submit(np.asarray, positions)
-        elif features is not None:
-            x = leading_columns(features)
-            mapped = pool.submit(embed_2d, x, seed=info.seed)
-            del x
+        own_map = None  # --space pca: a t-SNE of its own, beside the thumbnails
+        if positions is None and features is not None:
+            own_map = pool.submit(embed_2d, leading_columns(features), seed=info.seed)
         images = _plots(out_dir, info, np.diff(order.starts).tolist(), colours)
         yield Progress("report", 0, total, "images", "thumbnails")
         # Without a pixel-space PCA (HOG, ONNX features) the mean images are the members'
@@ -248,8 +244,9 @@ def write_report(
                                  budget_bytes=info.budget)
             images["Memory timeline (RSS of the process tree)"] = "memory.png"
         map_data = None
+        mapped = positions if own_map is None else own_map.result()
         if mapped is not None:
-            xy = quantize(mapped.result()[order.order])
+            xy = quantize(mapped[order.order])
             map_data = MapData(xy, [order.size(c) for c in range(k)], colours, thumb, PER_PAGE)
     summary = dict(info.summary)
     if map_data is not None:
