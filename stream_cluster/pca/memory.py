@@ -9,6 +9,7 @@ from stream_cluster.pca._state import SOLVERS
 
 __all__ = ["pca_memory_bytes"]
 
+
 def pca_memory_bytes(
     n_components: int,
     batch_size: int,
