@@ -207,9 +207,93 @@ def _eigh_all_evd(G: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, float]
     return lam[:k], Uv[:, :k], float(np.sum(np.clip(lam[k:], 0.0, None)))
 
 
+def _project_two_gemms(
+    X: np.ndarray,
+    V: np.ndarray,
+    corr: np.ndarray | None,
+    A: np.ndarray,
+    B: np.ndarray,
+    precise: np.ndarray,
+    cb: int,
+    best: np.ndarray,
+    sign: np.ndarray,
+    scale: np.ndarray | None = None,
+    out: np.ndarray | None = None,
+) -> None:
+    """The projection before the stacked GEMM: ``A V`` and ``B Y`` into two buffers, then added."""
+    out = V if out is None else out
+    n, d = X.shape
+    k, p = A.shape
+    q = B.shape[1]
+    A32, B32 = A.astype(np.float32), B.astype(np.float32)
+    A_p, B_p = A[precise], B[precise]
+    ybuf = np.empty(q * cb, dtype=np.float32)
+    buf1 = np.empty(k * cb, dtype=np.float32)
+    buf2 = np.empty(k * cb, dtype=np.float32)
+    sub = max(1, cb // K._PRECISE_DIVISOR)
+    for c0, c1 in K._spans(0, d, cb):
+        w = c1 - c0
+        Y = K._batch_block(ybuf, X, corr, c0, c1, scale)
+        Vb = out[:, c0:c1]
+        new = np.matmul(B32, Y, out=buf1[: k * w].reshape(k, w))
+        if precise.size:
+            exact = np.empty((precise.size, w), dtype=np.float32)
+            for s0, s1 in K._spans(c0, c1, sub):
+                part = B_p @ K._batch_block64(X, corr, s0, s1, scale)
+                if p:
+                    part += A_p @ V[:, s0:s1].astype(np.float64)
+                exact[:, s0 - c0 : s1 - c0] = part
+        if p:
+            old = np.matmul(A32, V[:, c0:c1], out=buf2[: k * w].reshape(k, w))
+            np.add(old, new, out=Vb)
+        else:
+            Vb[...] = new
+        if precise.size:
+            Vb[precise] = exact
+        K._track_signs(Vb, buf1[: k * w].reshape(k, w), best, sign)
+
+
+def _stats_wide_slices(
+    X: np.ndarray, s0: int, s1: int, n_seen: int, mean: Any, var: Any, corr: Any, prev: Any
+) -> None:
+    """The statistics before the fused pass: 1,024-column slices, sklearn's function as is (its
+    float64 temporary out of cache), then the float32 batch mean and a separate centring pass."""
+    n = X.shape[0]
+    for c0, c1 in K._spans(s0, s1, 1024):
+        xs = X[:, c0:c1]
+        if corr is None or prev is None:
+            mean[c0:c1], var[c0:c1] = _mean_and_var_sklearn(xs, 0, 0.0, 0.0)
+            xs -= mean[c0:c1]
+            continue
+        m, v = _mean_and_var_sklearn(xs, n_seen, prev.mean_[c0:c1], prev.var_[c0:c1])
+        mean[c0:c1], var[c0:c1] = m, v
+        batch_mean = np.mean(xs, axis=0)
+        xs -= batch_mean
+        corr[c0:c1] = np.sqrt((n_seen / (n_seen + n)) * n) * (prev.mean_[c0:c1] - batch_mean)
+
+
+def _mean_and_var_sklearn(xs: np.ndarray, n_seen: int, last_mean: Any, last_var: Any) -> Any:
+    n, w = xs.shape
+    new_sum = np.sum(xs, axis=0, dtype=np.float64)
+    temp = xs - new_sum / n
+    correction = np.sum(temp, axis=0)
+    temp **= 2
+    new_unnormalized = np.sum(temp, axis=0) - correction**2 / n
+    if n_seen == 0:
+        return new_sum / n, new_unnormalized / n
+    return K._combine(last_mean, last_var, n_seen, new_sum, new_unnormalized, n)
+
+
 VARIANTS: dict[str, dict[tuple[Any, str], Any]] = {
     "base": {},
     "evd-all": {(U, "_eigh_descending"): _eigh_all_evd},
+    "two-gemms": {(U, "_project"): _project_two_gemms},
+    "wide-stats": {(U, "_stats_and_centre"): _stats_wide_slices},
+    "before": {
+        (U, "_eigh_descending"): _eigh_all_evd,
+        (U, "_project"): _project_two_gemms,
+        (U, "_stats_and_centre"): _stats_wide_slices,
+    },
 }
 
 

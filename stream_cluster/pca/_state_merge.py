@@ -205,6 +205,7 @@ class StateAndMerge(_Base):  # type: ignore[misc]
         merged._adopt(gram_merge(self, other, k, int(self.block_columns)))
         return merged
 
+
     def _adopt(self, arrays: Mapping[str, Any]) -> None:
         """Take checked learned arrays as this estimator's (float32 components not copied)."""
         if self.solver == "sklearn":

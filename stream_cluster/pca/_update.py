@@ -16,11 +16,11 @@ import stream_cluster.pca._kernels as _k
 from stream_cluster.pca._kernels import (
     _F32,
     _F64,
+    _combine,
     _complete,
     _eigh_descending,
     _gram64,
     _gram_block,
-    _mean_and_var,
     _project,
     _scale_old_block,
     _spans,
@@ -71,8 +71,10 @@ def gram_partial_fit(
 
     with ThreadPoolExecutor(_k._STATS_THREADS, thread_name_prefix="pca-stats") as pool:
         for c0, c1 in _spans(0, d, cb):
-            # list() waits for every slice (and re-raises a failure) before the GEMMs.
-            list(pool.map(stats, _spans(c0, c1, _k._STATS_COLUMNS)))
+            # One share of the block per thread; list() waits for every share (and re-raises a
+            # failure) before the GEMMs.
+            share = -(-(c1 - c0) // _k._STATS_THREADS)
+            list(pool.map(stats, _spans(c0, c1, share)))
             if not exact:
                 _gram_block(G, X, V, corr, ybuf, p, c0, c1)
     if not exact and p:
@@ -210,14 +212,31 @@ def _stats_and_centre(
     corr: np.ndarray | None,
     prev: FittedState | None,
 ) -> None:
-    """Update mean/var of columns s0:s1 as sklearn does and centre them in place."""
+    """Update mean/var of columns s0:s1 as sklearn does and centre them in place.
+
+    sklearn's ``_incremental_mean_and_var`` arithmetic (so ``mean_``/``var_`` are its bits)
+    in pieces of ``_STATS_COLUMNS`` columns whose float64 temporary stays in the core's cache;
+    the centred values are that temporary ``x - batch_mean`` rounded once to float32, so the
+    slice is read twice and written once.
+    """
     n = X.shape[0]
-    xs = X[:, s0:s1]
-    if corr is None or prev is None:
-        mean[s0:s1], var[s0:s1] = _mean_and_var(xs, n_seen, 0.0, 0.0)
-        xs -= mean[s0:s1]
-    else:
-        mean[s0:s1], var[s0:s1] = _mean_and_var(xs, n_seen, prev.mean_[s0:s1], prev.var_[s0:s1])
-        batch_mean = np.mean(xs, axis=0)
-        xs -= batch_mean
-        corr[s0:s1] = np.sqrt((n_seen / (n_seen + n)) * n) * (prev.mean_[s0:s1] - batch_mean)
+    for c0, c1 in _spans(s0, s1, _k._STATS_COLUMNS):
+        xs = X[:, c0:c1]
+        new_sum = np.sum(xs, axis=0, dtype=_F64)
+        batch_mean = new_sum / n
+        temp = np.subtract(xs, batch_mean, dtype=_F64)
+        correction = np.sum(temp, axis=0)
+        np.copyto(xs, temp, casting="same_kind")
+        np.square(temp, out=temp)
+        new_unnormalized = np.sum(temp, axis=0)
+        del temp
+        new_unnormalized -= correction**2 / n
+        if corr is None or prev is None:
+            mean[c0:c1] = batch_mean
+            var[c0:c1] = new_unnormalized / n
+            continue
+        last_mean, last_var = prev.mean_[c0:c1], prev.var_[c0:c1]
+        mean[c0:c1], var[c0:c1] = _combine(
+            last_mean, last_var, n_seen, new_sum, new_unnormalized, n
+        )
+        corr[c0:c1] = np.sqrt((n_seen / (n_seen + n)) * n) * (last_mean - batch_mean)

@@ -76,7 +76,7 @@ def pca_memory_bytes(
     eigh = gram + 8 * m * m + 8 * (1 + 6 * m + 2 * m * m) + 8 * (3 + 5 * m) + 8 * m * m
     coeffs = 8 * k * m * 2 + 4 * k * m  # W, A and B in float64, their float32 copies
     precise = 4 * k * cb + 8 * (k + q) * sub + 8 * k * sub * 2  # float64 rows of the fallback
-    pass2 = ybuf + coeffs + 2 * 4 * k * cb + precise  # two (k, cb) float32 output buffers
+    pass2 = 4 * (k + q) * cb + coeffs + precise  # the stacked float32 [V; Y] block
     complete = 3 * 4 * k * cb + 8 * k * k * 2  # random block, its projection, Gram and factor
     fit_peak = running + max(pass1, eigh + gram, pass2, complete + coeffs)
     transform = 4 * b * cb + 12 * b * k + 4 * d + 4 * b * k  # centred block, out, mean, GEMM

@@ -41,7 +41,6 @@ def merge_tree(
     Memory: evaluated depth first, so at most one rebuilt or merged model per tree level
     (``ceil(log2(len(models)))`` of them) is alive at once, plus one merge's buffers.
     """
-
     def load(item: StreamingPCA | Mapping[str, np.ndarray]) -> StreamingPCA:
         return item if isinstance(item, StreamingPCA) else StreamingPCA.from_state(item)
 
