@@ -28,7 +28,7 @@ from stream_cluster.model.format import (
     NOVELTY_PERCENTILE,
     PERCENTILES,
     Preprocessing,
-    _digest_dataset,
+    digest_dataset,
     write_model,
 )
 from stream_cluster.model.kmeans import FeatureSource
@@ -234,7 +234,7 @@ class FittedModel:
                 ds = f[name]
                 if ds.dtype.kind not in "biufS":
                     raise StoreError(f"{path}: {name!r} is not a numeric array ({ds.dtype})")
-                _digest_dataset(h, name, ds)
+                digest_dataset(h, name, ds)
             h.update(raw.encode())
         except (OSError, KeyError, ValueError, TypeError) as exc:
             raise StoreError(
