@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from stream_cluster.storage.store import RowStore
+from stream_cluster.storage.store import RowStore, read_in_batches, row_width
 
 __all__ = [
     "NEIGHBOURS",
@@ -110,13 +110,9 @@ def leading_columns(features: RowStore | np.ndarray, dims: int = SPACE_DIMS,
     Memory: the result (``4 * n * dims`` bytes: 1.6 MB for 8,121 images, 20 MB for 100,000)
     plus one batch of full feature rows.
     """
-    n = len(features)
-    width = int(features.row_size if isinstance(features, RowStore) else features.shape[1])
-    d = max(1, min(dims, width))
-    out = np.empty((n, d), dtype=np.float32)
-    for lo in range(0, n, batch):
-        rows = features.read(lo, lo + batch) if isinstance(features, RowStore) else \
-            features[lo : lo + batch]
+    d = max(1, min(dims, row_width(features)))
+    out = np.empty((len(features), d), dtype=np.float32)
+    for lo, rows in read_in_batches(features, batch):
         out[lo : lo + len(rows)] = rows[:, :d]
     return out
 
