@@ -28,8 +28,16 @@ from stream_cluster.pca import StreamingPCA
 BATCHES = (1, 7, 256)
 
 
-def _cpu_flags() -> set[str]:
-    text = Path("/proc/cpuinfo").read_text()
+def cpu_flags() -> set[str]:
+    """This CPU's feature flags (avx2, avx512f, ...), to pick the OpenBLAS kernels it can run.
+
+    Empty where ``/proc/cpuinfo`` cannot be read (not Linux): then no kernel class is forced.
+    tests/test_reproducibility.py picks its variants with it too.
+    """
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
     line = next((ln for ln in text.splitlines() if ln.startswith("flags")), "")
     return set(line.partition(":")[2].split())
 
@@ -72,7 +80,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
         return {}
     variants = {"default": {}, "1 thread": {"OPENBLAS_NUM_THREADS": "1"}}
     for core, flag in (("Haswell", "avx2"), ("SkylakeX", "avx512f"), ("Sandybridge", "avx")):
-        if flag in _cpu_flags():
+        if flag in cpu_flags():
             variants[f"{core}"] = {"OPENBLAS_CORETYPE": core}
             variants[f"{core}, 1 thread"] = {"OPENBLAS_CORETYPE": core, "OPENBLAS_NUM_THREADS": "1"}
     with tempfile.TemporaryDirectory() as tmp:

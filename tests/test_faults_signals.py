@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from stream_cluster._cli.main import GRACE_SECONDS, main
+from stream_cluster._cli.main import main
+from stream_cluster._cli.signals import GRACE_SECONDS
 
 from .conftest import make_shapes_corpus
 from .faults import (
@@ -197,8 +198,8 @@ def test_stop_deadline_quits_when_the_run_cannot_unwind(tmp_path: Path) -> None:
     script.write_text(textwrap.dedent(f"""
         import ctypes, sys
         sys.path.insert(0, {str(ROOT)!r})
-        from stream_cluster._cli.main import _StopOnSignals
-        with _StopOnSignals() as stop:
+        from stream_cluster._cli.signals import StopOnSignals
+        with StopOnSignals() as stop:
             stop.where = "RUN-FOLDER"
             print("ready", flush=True)
             ctypes.CDLL(None).system(b"sleep 5")
@@ -232,7 +233,7 @@ def test_stop_raised_inside_garbage_collection_is_raised_again(tmp_path: Path) -
     script.write_text(textwrap.dedent(f"""
         import os, signal, sys, time
         sys.path.insert(0, {str(ROOT)!r})
-        from stream_cluster._cli.main import _StopOnSignals
+        from stream_cluster._cli.signals import StopOnSignals
 
         class SignalsInFinalizer:
             def __del__(self):
@@ -241,7 +242,7 @@ def test_stop_raised_inside_garbage_collection_is_raised_again(tmp_path: Path) -
                     pass
 
         try:
-            with _StopOnSignals():
+            with StopOnSignals():
                 SignalsInFinalizer()
                 for _ in range(100):
                     time.sleep(0.01)

@@ -19,6 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sklearn.metrics import adjusted_rand_score
 
+from benchmarks.repro_precision import cpu_flags
 from stream_cluster.pca import StreamingPCA
 
 from .conftest import make_shapes_corpus
@@ -35,21 +36,12 @@ BASE = ["--size", f"{SIZE[0]}x{SIZE[1]}", "--components", "12", "--batch-size", 
 ARGS = [*BASE, "--space", "pca"]
 
 
-def _cpu_flags() -> set[str]:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return set()
-    line = next((ln for ln in text.splitlines() if ln.startswith("flags")), "")
-    return set(line.partition(":")[2].split())
-
-
 # Other thread counts and the OpenBLAS kernel classes this CPU can execute (a kernel it cannot
 # would die of an illegal instruction: that is not a reproducibility question).
 VARIANTS = {"one BLAS thread": {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}}
 VARIANTS.update({f"OpenBLAS {core} kernels": {"OPENBLAS_CORETYPE": core}
                  for core, flag in (("Haswell", "avx2"), ("SkylakeX", "avx512f"))
-                 if flag in _cpu_flags()})  # fmt: skip
+                 if flag in cpu_flags()})  # fmt: skip
 
 
 def _labels(run: Path) -> list[list[str]]:

@@ -23,7 +23,7 @@ from stream_cluster._cli.main import main
 from stream_cluster.errors import ConfigError
 from stream_cluster.model.density import fit_hdbscan
 from stream_cluster.model.fitted import load_model
-from stream_cluster.model.space import ClusterSpace, fit_space, place_by_neighbours
+from stream_cluster.model.space import ClusterSpace, fit_space, place_by_neighbours, read_space
 
 from .conftest import make_shapes_corpus
 from .faults import cli, cli_env, current_stage
@@ -79,6 +79,25 @@ def test_tiny_input_uses_the_first_two_features() -> None:
     space, idx = fit_space(x, seed=0)
     assert len(idx) == 0 and len(space.sample_features) == 0
     assert np.array_equal(space.place(x), x[:, :2].astype(np.float64))
+
+
+def test_read_space_reads_both_layouts_alike(tmp_path: Path) -> None:
+    """Check that a space under a group prefix in HDF5 and one at the root of a dict read alike."""
+    rng = np.random.default_rng(0)
+    features = rng.normal(size=(7, 4)).astype(np.float32)
+    positions = rng.normal(size=(7, 2))
+    info = {"dims": 4, "neighbours": 3, "novelty_distance": 1.5}
+    with h5py.File(tmp_path / "m.h5", "w") as f:
+        f["space/sample_features"] = features
+        f["space/sample_positions"] = positions
+    with h5py.File(tmp_path / "m.h5", "r") as f:
+        from_h5 = read_space(f, info, prefix="space/")
+    from_dict = read_space({"sample_features": features, "sample_positions": positions}, info)
+    for space in (from_h5, from_dict):
+        assert np.array_equal(space.sample_features, features)
+        assert space.sample_features.dtype == np.float32
+        assert np.array_equal(space.sample_positions, positions)
+        assert (space.dims, space.neighbours, space.novelty_distance) == (4, 3, 1.5)
 
 
 def test_default_run_clusters_in_the_space_and_assign_gives_its_labels(tmp_path: Path) -> None:

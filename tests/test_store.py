@@ -18,7 +18,9 @@ from stream_cluster.storage.store import (
     COMPRESSIONS,
     RowStore,
     chunk_rows,
+    read_in_batches,
     resolve_compression,
+    row_width,
     store_io_bytes,
 )
 
@@ -185,6 +187,24 @@ def test_rowstore_rejects_other_shape(tmp_path: Path) -> None:
     RowStore(tmp_path, 4, np.uint8).append(np.ones((1, 4), np.uint8), [b"a"])
     with pytest.raises(StoreError):
         RowStore(tmp_path, 5, np.uint8)
+
+
+@pytest.mark.parametrize("on_disk", [True, False], ids=["rowstore", "array"])
+def test_read_in_batches_covers_rows_in_order(tmp_path: Path, on_disk: bool) -> None:
+    """Check that a store and an array give the same batches, offsets and width, up to stop."""
+    rows = np.arange(23 * 3, dtype=np.float32).reshape(23, 3)
+    source: RowStore | np.ndarray = rows
+    if on_disk:
+        source = RowStore(tmp_path / "s", 3, np.float32)
+        source.append(rows[:10], [b"a"] * 10)  # two segments: a batch spans both
+        source.append(rows[10:], [b"b"] * 13)
+    assert row_width(source) == 3
+    got = list(read_in_batches(source, 4))
+    assert [lo for lo, _ in got] == list(range(0, 23, 4))
+    assert np.array_equal(np.concatenate([r for _, r in got]), rows)
+    head = list(read_in_batches(source, 4, stop=10))
+    assert [len(r) for _, r in head] == [4, 4, 2]
+    assert np.array_equal(np.concatenate([r for _, r in head]), rows[:10])
 
 
 def test_rowstore_truncate_segments(tmp_path: Path) -> None:

@@ -17,9 +17,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-# GRACE_SECONDS and _StopOnSignals are part of what the CLI offers (tests use them from here).
-from stream_cluster._cli.options import _add_run_options, _config
-from stream_cluster._cli.signals import GRACE_SECONDS, _say, _StopOnSignals, _stopped_message  # noqa: F401
+from stream_cluster._cli.options import add_run_options, config_from_args
+from stream_cluster._cli.signals import StopOnSignals, say, stopped_message
 from stream_cluster._version import __version__
 from stream_cluster.config import (
     RunConfig,
@@ -44,7 +43,7 @@ def _parser(command: str) -> argparse.ArgumentParser:
         "IMAGES ...', 'stream-cluster similar RUN IMAGE', 'stream-cluster demo'.",
     )
     p.add_argument("--version", action="version", version=f"stream-cluster {__version__}")
-    _add_run_options(p, demo=command == "demo")
+    add_run_options(p, demo=command == "demo")
     return p
 
 
@@ -166,7 +165,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     pkg_logger.addHandler(handler)
     pkg_logger.setLevel(logging.INFO if args.verbose else logging.WARNING)
     try:
-        with _StopOnSignals() as stop:
+        with StopOnSignals() as stop:
             return _main(command, args, stop)
     finally:
         pkg_logger.removeHandler(handler)
@@ -177,7 +176,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             gc.freeze()
 
 
-def _main(command: str, args: argparse.Namespace, stop: _StopOnSignals) -> int:
+def _main(command: str, args: argparse.Namespace, stop: StopOnSignals) -> int:
     from stream_cluster.errors import DiskFullError, StreamClusterError
 
     config: RunConfig | None = None
@@ -193,7 +192,7 @@ def _main(command: str, args: argparse.Namespace, stop: _StopOnSignals) -> int:
             )
             args.out = out
             args.elbow = True
-            config = _config(args, images, "32x32", 40, "10")
+            config = config_from_args(args, images, "32x32", 40, "10")
             stop.where = os.fspath(config.out_dir)
             result = _run(args, config)
             print(_summary(result))
@@ -202,7 +201,7 @@ def _main(command: str, args: argparse.Namespace, stop: _StopOnSignals) -> int:
                 f"{demo_score(result.out_dir):.3f}"
             )
             return 0
-        config = _config(args, args.images, "300x430", 800, "auto")
+        config = config_from_args(args, args.images, "300x430", 800, "auto")
         stop.where = os.fspath(config.out_dir)
         if command == "plan":
             from stream_cluster.images.scan import scan
@@ -222,19 +221,19 @@ def _main(command: str, args: argparse.Namespace, stop: _StopOnSignals) -> int:
         print(_summary(result))
         return 0
     except DiskFullError as exc:
-        _say(f"stream-cluster: error: {exc}")
+        say(f"stream-cluster: error: {exc}")
         if config is not None and exc.__cause__ is not None:  # a write failed, not the pre-check
-            _say(_disk_hint(config))
+            say(_disk_hint(config))
         return EXIT_ERROR
     except StreamClusterError as exc:
-        _say(f"stream-cluster: error: {exc}")
+        say(f"stream-cluster: error: {exc}")
         return EXIT_ERROR
     except KeyboardInterrupt as exc:
         signum = int(getattr(exc, "signum", signal.SIGINT))
-        _say(_stopped_message(signum, stop.where))
+        say(stopped_message(signum, stop.where))
         return 128 + signum
     except MemoryError:
-        _say(
+        say(
             "stream-cluster: error: out of memory. Give a smaller --mem-budget than the memory "
             "actually free, or close other programs; rerun the same command to resume."
         )

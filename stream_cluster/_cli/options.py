@@ -16,10 +16,11 @@ from stream_cluster.config import (
     parse_size,
 )
 
-__all__: list[str] = []
+__all__ = ["add_run_options", "config_from_args"]
 
 
-def _add_run_options(p: argparse.ArgumentParser, *, demo: bool = False) -> None:
+def add_run_options(p: argparse.ArgumentParser, *, demo: bool = False) -> None:
+    """Add the options shared by ``run``, ``plan`` and ``demo`` (``demo`` takes no IMAGES)."""
     if not demo:
         p.add_argument("images", type=Path, help="folder of images (searched recursively)")
     p.add_argument(
@@ -164,13 +165,14 @@ def _add_run_options(p: argparse.ArgumentParser, *, demo: bool = False) -> None:
 
 
 
-def _config(
+def config_from_args(
     args: argparse.Namespace,
     images: Path,
     default_size: str,
     default_components: int,
     default_k: str,
 ) -> RunConfig:
+    """Build the RunConfig from parsed options, filling what was not given from the defaults."""
     width, height = parse_size(args.size or default_size)
     out = args.out or Path("stream-cluster-runs") / (images.resolve().name or "images")
     return RunConfig(

@@ -36,7 +36,8 @@ class _Stopped(KeyboardInterrupt):
         self.signum = signum
 
 
-def _stopped_message(signum: int, where: str) -> str:
+def stopped_message(signum: int, where: str) -> str:
+    """The line printed when a signal stops a run: what stopped it and how to resume."""
     how = "interrupted" if signum == signal.SIGINT else f"stopped by {signal.Signals(signum).name}"
     return (
         f"\nstream-cluster: {how}. Finished work is saved in {where}; rerun the same command to "
@@ -44,7 +45,7 @@ def _stopped_message(signum: int, where: str) -> str:
     )
 
 
-class _StopOnSignals:
+class StopOnSignals:
     """While active, SIGINT, SIGTERM and SIGHUP stop the run the way Ctrl-C does, promptly.
 
     Batch systems (Slurm, systemd, ``timeout``) and closing terminals stop programs with SIGTERM
@@ -113,10 +114,10 @@ class _StopOnSignals:
         if self._done.is_set():
             return
         if not self._quiet:  # the run has said it stopped
-            _say(_stopped_message(signum, self.where))
+            say(stopped_message(signum, self.where))
         os._exit(128 + signum)
 
-    def __enter__(self) -> _StopOnSignals:
+    def __enter__(self) -> StopOnSignals:
         if threading.current_thread() is not threading.main_thread():
             return self
         for sig in STOP_SIGNALS:
@@ -148,7 +149,7 @@ class _StopOnSignals:
         os.close(self._pipe[1])  # the watcher reads end-of-file and returns
 
 
-def _say(text: str) -> None:
+def say(text: str) -> None:
     """Print to stderr; a terminal that hung up (SIGHUP) must not turn a clean stop into a crash."""
     try:
         print(text, file=sys.stderr, flush=True)

@@ -25,7 +25,7 @@ from stream_cluster.images.decode_memory import (
     jpeg_shrink,
     stream_plan,
 )
-from stream_cluster.images.geometry import _letterbox, _orient, _to_cv_channels
+from stream_cluster.images.geometry import letterbox, orient, to_cv_channels
 from stream_cluster.images.headers import (
     KIND_NAMES,
     TRANSPOSED,
@@ -133,7 +133,7 @@ def _decode_vips(kind: str, fd: int, hdr: Header, width: int, height: int) -> np
         arr = image.numpy().reshape(image.height, image.width, image.bands)
     except pyvips.Error as exc:
         raise DecodeError(f"truncated or corrupt {name}: {vips_message(exc)}") from None
-    return _to_cv_channels(arr)
+    return to_cv_channels(arr)
 
 
 def decode_image(
@@ -253,8 +253,8 @@ def decode_image(
             if hdr.orientation in TRANSPOSED:
                 full = full[::-1]
         hdr.image = None
-        arr = _orient(arr, hdr.orientation)
-        return _letterbox(arr, width, height, full)
+        arr = orient(arr, hdr.orientation)
+        return letterbox(arr, width, height, full)
     finally:
         if hdr is not None:
             hdr.image = None
@@ -331,5 +331,5 @@ def letterbox_array(image: np.ndarray, width: int, height: int) -> np.ndarray:
         return np.ascontiguousarray(arr)
     if arr.ndim == 2:
         arr = arr[:, :, None]
-    cv = _to_cv_channels(arr if arr.shape[2] != 1 else arr[:, :, 0])
-    return _letterbox(cv, int(width), int(height), (arr.shape[1], arr.shape[0]))
+    cv = to_cv_channels(arr if arr.shape[2] != 1 else arr[:, :, 0])
+    return letterbox(cv, int(width), int(height), (arr.shape[1], arr.shape[0]))

@@ -8,10 +8,10 @@ import numpy as np
 
 from stream_cluster.images.decode_memory import letterbox_geometry
 
-__all__: list[str] = []
+__all__ = ["letterbox", "orient", "to_cv_channels"]
 
 
-def _orient(arr: np.ndarray, orientation: int) -> np.ndarray:
+def orient(arr: np.ndarray, orientation: int) -> np.ndarray:
     """Apply an EXIF orientation (1..8) so the array looks as a viewer shows it."""
     if orientation == 2:
         arr = arr[:, ::-1]
@@ -30,7 +30,7 @@ def _orient(arr: np.ndarray, orientation: int) -> np.ndarray:
     return np.ascontiguousarray(arr)
 
 
-def _letterbox(im: np.ndarray, width: int, height: int, full_size: tuple[int, int]) -> np.ndarray:
+def letterbox(im: np.ndarray, width: int, height: int, full_size: tuple[int, int]) -> np.ndarray:
     """Resize, composite alpha over white, grey and pad: the steps of prepare_clipart.py.
 
     ``im`` is (h, w, c) uint8 in OpenCV channel order (grey, grey+alpha, BGR or BGRA), already
@@ -73,7 +73,7 @@ def _over_white(im: np.ndarray) -> np.ndarray:
     return out
 
 
-def _to_cv_channels(arr: np.ndarray) -> np.ndarray:
+def to_cv_channels(arr: np.ndarray) -> np.ndarray:
     """Turn a libvips (h, w[, c]) RGB-order array into what cv2.imdecode would give."""
     if arr.ndim == 2:
         return arr[:, :, None]

@@ -28,13 +28,13 @@ from stream_cluster.model.format import (
     NOVELTY_PERCENTILE,
     PERCENTILES,
     Preprocessing,
-    _digest_dataset,
+    digest_dataset,
     write_model,
 )
 from stream_cluster.model.kmeans import FeatureSource
 from stream_cluster.model.kmeans import assign as nearest_centre
 from stream_cluster.model.search import Match, nearest, own_row, run_settings
-from stream_cluster.model.space import ClusterSpace
+from stream_cluster.model.space import ClusterSpace, read_space
 from stream_cluster.pca.streaming import StreamingPCA
 from stream_cluster.storage.checkpoint import open_h5
 from stream_cluster.storage.store import RowStore
@@ -234,7 +234,7 @@ class FittedModel:
                 ds = f[name]
                 if ds.dtype.kind not in "biufS":
                     raise StoreError(f"{path}: {name!r} is not a numeric array ({ds.dtype})")
-                _digest_dataset(h, name, ds)
+                digest_dataset(h, name, ds)
             h.update(raw.encode())
         except (OSError, KeyError, ValueError, TypeError) as exc:
             raise StoreError(
@@ -271,11 +271,7 @@ class FittedModel:
 def _space(meta: dict[str, Any], arrays: dict[str, Any]) -> ClusterSpace | None:
     """The learned space a model file holds, or None (centres in PCA feature space)."""
     info = meta.get("space")
-    if info is None:
-        return None
-    return ClusterSpace(arrays["space/sample_features"][()], arrays["space/sample_positions"][()],
-                        int(info["dims"]), int(info["neighbours"]),
-                        float(info["novelty_distance"]))  # fmt: skip
+    return None if info is None else read_space(arrays, info, prefix="space/")
 
 
 def load_model(run: str | os.PathLike[str]) -> FittedModel:

@@ -32,6 +32,7 @@ __all__ = [
     "PERCENTILES",
     "Preprocessing",
     "cluster_statistics",
+    "digest_dataset",
     "features_meta",
     "write_model",
 ]
@@ -106,7 +107,7 @@ def _digest_update(h: Any, name: str, arr: np.ndarray) -> None:
     h.update(np.ascontiguousarray(arr).tobytes())
 
 
-def _digest_dataset(h: Any, name: str, src: _ArrayLike) -> None:
+def digest_dataset(h: Any, name: str, src: _ArrayLike) -> None:
     """Hash an array (or h5py dataset) as :func:`_digest_update` would, in 16 MB blocks."""
     h.update(name.encode())
     h.update(str(src.dtype).encode())

@@ -9,7 +9,13 @@ from pathlib import Path
 
 import numpy as np
 
-from stream_cluster.report.pages import PER_PAGE, _h, _head, _thumb, cluster_page_name
+from stream_cluster.report.pages import (
+    PER_PAGE,
+    cluster_page_name,
+    escape_html,
+    page_head,
+    thumb_img,
+)
 from stream_cluster.report.thumbs import ClusterOrder, ThumbSize
 from stream_cluster.storage.atomic import atomic_write_bytes
 
@@ -20,8 +26,8 @@ def _member(rank: int, cluster: int, name: str, dist: float, thumb: ThumbSize,
             anchor: bool) -> str:
     ident = f' id="m{rank}"' if anchor else ""
     return (
-        f"<li{ident}>{_thumb(f'../thumbs/{cluster}/{rank}.jpg', name, thumb)}"
-        f"{_h(name)}<span class=\"dist\">#{rank + 1} · distance {dist:.4g}</span></li>"
+        f"<li{ident}>{thumb_img(f'../thumbs/{cluster}/{rank}.jpg', name, thumb)}"
+        f"{escape_html(name)}<span class=\"dist\">#{rank + 1} · distance {dist:.4g}</span></li>"
     )
 
 
@@ -59,7 +65,7 @@ def write_cluster_pages(
             lo, hi = page * per_page, min(size, (page + 1) * per_page)
             heading = f"Cluster {c} — {size:,} images" if c != noise else \
                 f"Cluster {c} — noise: {size:,} images HDBSCAN put in no cluster"
-            parts = [*_head(f"{heading} · {title}", None), "<body>",
+            parts = [*page_head(f"{heading} · {title}", None), "<body>",
                      '<nav class="top"><a href="../index.html">← report</a>'
                      '<a href="../index.html#map-section">map</a>']
             if c > 0:

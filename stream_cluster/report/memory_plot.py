@@ -11,7 +11,7 @@ import numpy as np
 
 from stream_cluster.errors import ConfigError, StoreError
 from stream_cluster.report.montage import display_name
-from stream_cluster.report.plots import _GIB, _drawable, _plot_figure, _save
+from stream_cluster.report.plots import GIB, drawable, plot_figure, save_figure
 
 __all__ = ["MEMORY_CSV_HEADER", "plot_memory_timeline"]
 
@@ -101,12 +101,12 @@ def plot_memory_timeline(
         raise ConfigError(f"budget_bytes must be a positive integer. Got {budget_bytes!r} instead.")
     times, rss, stages = _read_memory_csv(Path(samples_csv))
 
-    fig = _plot_figure()
+    fig = plot_figure()
     ax = fig.add_subplot()
     ax.set_xlabel("time since start (s)")
     ax.set_ylabel("resident memory of process tree (GiB)")
     ax.grid(True, alpha=0.3)
-    budget_gib = None if budget_bytes is None else budget_bytes / _GIB
+    budget_gib = None if budget_bytes is None else budget_bytes / GIB
     if budget_gib is not None:
         ax.axhline(budget_gib, color="tab:red", linestyle="--", linewidth=1.4,
                    label=f"budget {budget_gib:.2f} GiB")
@@ -118,13 +118,13 @@ def plot_memory_timeline(
         if budget_gib is not None:
             ax.set_ylim(0.0, budget_gib * 1.15)
             ax.legend(loc="lower right")
-        _save(fig, out)
+        save_figure(fig, out)
         return
 
     order = np.argsort(times, kind="stable")
     times, rss = times[order], rss[order]
     stages = [stages[i] for i in order]
-    gib = rss / _GIB
+    gib = rss / GIB
     span = float(times[-1] - times[0]) or 1.0
 
     colours: dict[str, str] = {}
@@ -134,10 +134,10 @@ def plot_memory_timeline(
         first = name not in colours
         if first:
             colours[name] = palette[len(colours) % len(palette)]
-        label = _drawable(name, 9.0) if first else None
+        label = drawable(name, 9.0) if first else None
         ax.axvspan(start, end, color=colours[name], alpha=0.13, linewidth=0, label=label)
         if (end - start) / span >= 0.08:
-            ax.text((start + end) / 2, 0.985, _drawable(name, 9.0),
+            ax.text((start + end) / 2, 0.985, drawable(name, 9.0),
                     transform=ax.get_xaxis_transform(), ha="center", va="top", fontsize=9,
                     color="0.25", clip_on=True, parse_math=False)
 
@@ -161,4 +161,4 @@ def plot_memory_timeline(
         title = (f"Memory over time: peak {peak:.2f} GiB, {verdict} the budget of "
                  f"{budget_gib:.2f} GiB")
     ax.set_title(title)
-    _save(fig, out)
+    save_figure(fig, out)

@@ -29,11 +29,15 @@ from stream_cluster.report.thumbs import ThumbSize
 from stream_cluster.storage.atomic import atomic_write_bytes
 
 __all__ = [
+    "PER_PAGE",
     "ClusterRow",
     "MapData",
     "cluster_page_name",
     "content_security_policy",
+    "escape_html",
     "map_script",
+    "page_head",
+    "thumb_img",
     "write_index_html",
 ]
 
@@ -41,7 +45,7 @@ __all__ = [
 PER_PAGE = 2000
 
 
-def _h(text: object) -> str:
+def escape_html(text: object) -> str:
     """Escape any value for HTML text or a quoted attribute, after making it printable."""
     return html.escape(display_name(str(text)), quote=True)
 
@@ -91,7 +95,8 @@ def content_security_policy(script: str | None) -> str:
             "img-src 'self'; base-uri 'none'; form-action 'none'")
 
 
-def _head(title: str, script: str | None) -> list[str]:
+def page_head(title: str, script: str | None) -> list[str]:
+    """The lines of a report page from the doctype to ``</head>``: CSP, title and inline CSS."""
     return [
         "<!DOCTYPE html>",
         '<html lang="en">',
@@ -100,7 +105,7 @@ def _head(title: str, script: str | None) -> list[str]:
         '<meta http-equiv="Content-Security-Policy" '
         f'content="{html.escape(content_security_policy(script))}">',
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
-        f"<title>{_h(title)}</title>",
+        f"<title>{escape_html(title)}</title>",
         f"<style>{_asset('report.css')}</style>",
         "</head>",
     ]
@@ -197,10 +202,12 @@ class ClusterRow:
     noise: bool = False  #: HDBSCAN's images in no cluster
 
 
-def _thumb(src: str, name: str, thumb: ThumbSize | None, lazy: bool = True) -> str:
+def thumb_img(src: str, name: str, thumb: ThumbSize | None, lazy: bool = True) -> str:
+    """An ``<img>`` tag for a thumbnail: URL-encoded src, escaped alt/title, optional size."""
     size = f' width="{thumb.width}" height="{thumb.height}"' if thumb else ""
     load = ' loading="lazy"' if lazy else ""
-    return f'<img src="{_url(src)}" alt="{_h(name)}" title="{_h(name)}"{size}{load}>'
+    alt = escape_html(name)
+    return f'<img src="{_url(src)}" alt="{alt}" title="{alt}"{size}{load}>'
 
 
 def _name(c: ClusterRow) -> str:
@@ -213,14 +220,14 @@ def _cluster_rows(clusters: Sequence[ClusterRow], thumb: ThumbSize | None) -> li
              "<th>nearest the centre</th><th>farthest</th></tr>"]
     for c in clusters:
         label = int(c.cluster)
-        nearest = "".join(_thumb(s, n, thumb) for s, n in c.nearest)
-        farthest = "".join(_thumb(s, n, thumb) for s, n in c.farthest)
-        names = "".join(f"<li>{_h(n)}</li>" for n in c.names)
+        nearest = "".join(thumb_img(s, n, thumb) for s, n in c.nearest)
+        farthest = "".join(thumb_img(s, n, thumb) for s, n in c.farthest)
+        names = "".join(f"<li>{escape_html(n)}</li>" for n in c.names)
         parts.append(
             f'<tr id="cluster-{label}"><td><a href="{_url(c.page)}">'
             f'<span class="swatch" data-cluster="{label}"></span>{_name(c)}</a></td>'
             f"<td>{int(c.size):,}</td>"
-            f'<td>{_thumb(c.mean, f"mean image of cluster {label}", thumb)}</td>'
+            f'<td>{thumb_img(c.mean, f"mean image of cluster {label}", thumb)}</td>'
             f'<td><div class="strip">{nearest}</div>'
             f"<details><summary>names of the {len(c.names)} nearest (as in the "
             f'<a href="{_url(c.montage)}">montage</a>)</summary>'
@@ -271,13 +278,15 @@ def write_index_html(
     """
     script = map_script() if map_data is not None else None
     thumb = map_data.thumb if map_data is not None else None
-    parts = [*_head(title, script), "<body>", f"<h1>{_h(title)}</h1>",
+    parts = [*page_head(title, script), "<body>", f"<h1>{escape_html(title)}</h1>",
              '<nav class="top"><a href="#summary">summary</a><a href="#map-section">map</a>'
              '<a href="#choosing-k">choosing k</a><a href="#clusters">clusters</a>'
              '<a href="#skipped">skipped files</a></nav>',
              '<h2 id="summary">Summary</h2>', '<table class="summary">']
     for key, value in summary.items():
-        parts.append(f'<tr><th scope="row">{_h(key)}</th><td>{_h(value)}</td></tr>')
+        parts.append(
+            f'<tr><th scope="row">{escape_html(key)}</th><td>{escape_html(value)}</td></tr>'
+        )
     parts.append("</table>")
 
     if map_data is not None:
@@ -305,8 +314,8 @@ def write_index_html(
         parts.append('<div class="plots">')
         for caption, src in images.items():
             parts.append(
-                f'<figure><img src="{_url(src)}" alt="{_h(caption)}">'
-                f"<figcaption>{_h(caption)}</figcaption></figure>"
+                f'<figure><img src="{_url(src)}" alt="{escape_html(caption)}">'
+                f"<figcaption>{escape_html(caption)}</figcaption></figure>"
             )
         parts.append("</div>")
     parts.append(f'<h2 id="clusters">Clusters ({len(clusters)})</h2>')
@@ -318,7 +327,7 @@ def write_index_html(
     if skipped:
         parts.append('<table class="skipped"><tr><th>path</th><th>reason</th></tr>')
         for path, reason in skipped[: max(0, max_skipped_rows)]:
-            parts.append(f"<tr><td>{_h(path)}</td><td>{_h(reason)}</td></tr>")
+            parts.append(f"<tr><td>{escape_html(path)}</td><td>{escape_html(reason)}</td></tr>")
         parts.append("</table>")
         hidden = len(skipped) - max(0, max_skipped_rows)
         if hidden > 0:

@@ -24,16 +24,20 @@ from stream_cluster.errors import ConfigError
 from stream_cluster.report.montage import display_name
 
 __all__ = [
+    "GIB",
+    "drawable",
     "plot_cluster_sizes",
     "plot_elbow",
+    "plot_figure",
     "plot_variance",
+    "save_figure",
 ]
 
 logger = logging.getLogger(__name__)
 
 _DPI = 100  # every figure is drawn at 100 dpi, so figsize * 100 is the PNG size in pixels
 _PLOT_SIZE = (8.0, 5.0)  # inches: 800 x 500 px plots
-_GIB = float(1 << 30)
+GIB = float(1 << 30)  # bytes in a GiB, for memory axes
 
 
 # --------------------------------------------------------------------------------------------
@@ -48,7 +52,7 @@ def _charmap(size: float) -> frozenset[int]:
     return frozenset(font_manager.get_font(path).get_charmap())
 
 
-def _drawable(text: str, size: float) -> str:
+def drawable(text: str, size: float) -> str:
     """Return ``display_name(text)`` with characters the font lacks replaced by '?'.
 
     matplotlib would draw an empty box and warn for each missing glyph (e.g. Japanese with
@@ -71,7 +75,7 @@ def _write_atomic(out: Path, write: Callable[[Path], object]) -> None:
         partial.unlink(missing_ok=True)
 
 
-def _save(fig: Figure, out: Path) -> None:
+def save_figure(fig: Figure, out: Path) -> None:
     """Render ``fig`` to PNG at ``out`` through a ``.partial`` file and an atomic rename."""
     FigureCanvasAgg(fig)  # attach an Agg canvas explicitly; pyplot is never involved
     _write_atomic(
@@ -79,7 +83,8 @@ def _save(fig: Figure, out: Path) -> None:
     )
 
 
-def _plot_figure() -> Figure:
+def plot_figure() -> Figure:
+    """A new 800 x 500 px constrained-layout Figure, the size every report plot shares."""
     return Figure(figsize=_PLOT_SIZE, dpi=_DPI, layout="constrained")
 
 
@@ -143,7 +148,7 @@ def plot_variance(
     x = np.arange(1, evr.size + 1)
     at_kept = float(cumulative[n_kept - 1])
 
-    fig = _plot_figure()
+    fig = plot_figure()
     ax = fig.add_subplot()
     ax.plot(x, cumulative * 100.0, color="tab:blue", linewidth=1.8, label="cumulative")
     ax.axvline(n_kept, color="tab:red", linestyle="--", linewidth=1.2,
@@ -163,7 +168,7 @@ def plot_variance(
     ax.set_title(
         f"Explained variance: {at_kept * 100:.1f} % with {n_kept} of {evr.size} components"
     )
-    _save(fig, out)
+    save_figure(fig, out)
 
 
 def _mark_k(ax: Any, ks: list[int], ys: np.ndarray, chosen_k: int, how: str,
@@ -243,14 +248,14 @@ def plot_elbow(
         fig = Figure(figsize=(_PLOT_SIZE[0], 8.0), dpi=_DPI, layout="constrained")
         ax, ax2 = fig.subplots(2, 1, sharex=True)
     else:
-        fig, ax2 = _plot_figure(), None
+        fig, ax2 = plot_figure(), None
         ax = fig.add_subplot()
     ax.plot(ks_list, ys, "o-", color="tab:blue", linewidth=1.6, markersize=5)
     ax.set_ylabel("inertia (sum of squared distances to centres)")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(True, alpha=0.3)
     (ax2 or ax).set_xlabel("number of clusters k")
-    how = f" ({_drawable(method, 10.0)})" if method else ""
+    how = f" ({drawable(method, 10.0)})" if method else ""
     if chosen_k is not None:
         if chosen_k not in ks_list:
             how += ", not in the sweep"
@@ -268,7 +273,7 @@ def plot_elbow(
         sk = [k for k, _ in second]
         sv = np.asarray([v for _, v in second])
         ax2.plot(sk, sv, "s-", color="tab:green", linewidth=1.6, markersize=5)
-        ax2.set_ylabel(_drawable(score_label, 10.0))
+        ax2.set_ylabel(drawable(score_label, 10.0))
         ax2.grid(True, alpha=0.3)
         best = sk[int(np.argmax(sv))]
         ax2.plot([best], [float(sv.max())], "^", color="tab:green", markersize=10,
@@ -276,10 +281,10 @@ def plot_elbow(
         if chosen_k is not None:
             _mark_k(ax2, sk, sv, chosen_k, how, annotate=False)
         ax2.legend(loc="best").get_texts()[0].set_parse_math(False)
-        ax2.set_title(f"{_drawable(score_label, 10.0)} vs k (higher is better)")
+        ax2.set_title(f"{drawable(score_label, 10.0)} vs k (higher is better)")
         ax2.title.set_parse_math(False)
         ax2.yaxis.label.set_parse_math(False)
-    _save(fig, out)
+    save_figure(fig, out)
 
 
 def plot_cluster_sizes(
@@ -323,4 +328,4 @@ def plot_cluster_sizes(
     ax.grid(True, axis="y", alpha=0.3)
     ax.set_title(f"Cluster sizes: {int(counts.sum()):,} images in {counts.size} clusters "
                  f"(smallest {int(counts.min()):,}, largest {int(counts.max()):,})")
-    _save(fig, out)
+    save_figure(fig, out)

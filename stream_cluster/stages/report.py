@@ -63,7 +63,7 @@ from stream_cluster.stages.base import Progress
 from stream_cluster.stages.clustering import SILHOUETTE_SAMPLE, Elbow
 from stream_cluster.storage.checkpoint import open_arrays
 from stream_cluster.storage.rows import RowsOf, RowSource
-from stream_cluster.storage.store import RowStore
+from stream_cluster.storage.store import RowStore, read_in_batches, row_width
 
 __all__ = [
     "MEMORY_CSV_HEADER",
@@ -267,11 +267,8 @@ def cluster_feature_means(features: RowStore | np.ndarray, labels: np.ndarray,
 
     Memory: the sums (``8 k width``: 64 KB for k = 10 and 800 features) and one batch.
     """
-    width = int(features.row_size if isinstance(features, RowStore) else features.shape[1])
-    sums = np.zeros((k, width))
-    for lo in range(0, len(labels), batch):
-        rows = features.read(lo, lo + batch) if isinstance(features, RowStore) else \
-            features[lo : lo + batch]
+    sums = np.zeros((k, row_width(features)))
+    for lo, rows in read_in_batches(features, batch, stop=len(labels)):
         np.add.at(sums, labels[lo : lo + len(rows)], rows.astype(np.float64))
     counts = np.bincount(labels, minlength=k).astype(np.float64)
     out: np.ndarray = sums / np.maximum(counts, 1.0)[:, None]

@@ -25,6 +25,7 @@ from stream_cluster.model.space import (
     fit_space,
     leading_columns,
     novelty_distance,
+    read_space,
 )
 from stream_cluster.stages.base import Progress, StageRecord
 from stream_cluster.storage.checkpoint import load_arrays, save_arrays
@@ -42,10 +43,7 @@ def load_space(path: Path) -> tuple[ClusterSpace, np.ndarray]:
     arrays, meta = load_arrays(
         path, required=("sample_features", "sample_positions", "positions")
     )
-    space = ClusterSpace(arrays["sample_features"], arrays["sample_positions"],
-                         int(meta["dims"]), int(meta["neighbours"]),
-                         float(meta["novelty_distance"]))  # fmt: skip
-    return space, arrays["positions"]
+    return read_space(arrays, meta), arrays["positions"]
 
 
 def space_stage(

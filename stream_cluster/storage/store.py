@@ -33,7 +33,9 @@ __all__ = [
     "COMPRESSIONS",
     "RowStore",
     "chunk_rows",
+    "read_in_batches",
     "resolve_compression",
+    "row_width",
     "store_io_bytes",
 ]
 
@@ -363,3 +365,22 @@ class RowStore:
             for seg in self._segments[n_segments:]:
                 seg.path.unlink(missing_ok=True)
             self._segments = self._segments[:n_segments]
+
+
+def row_width(rows: RowStore | np.ndarray) -> int:
+    """Values per row of a RowStore or of a 2-D in-memory array."""
+    return int(rows.row_size if isinstance(rows, RowStore) else rows.shape[1])
+
+
+def read_in_batches(
+    rows: RowStore | np.ndarray, batch: int, stop: int | None = None
+) -> Iterator[tuple[int, np.ndarray]]:
+    """Yield ``(offset, rows)`` for consecutive batches of rows ``[0, stop)`` (default: all).
+
+    The same loop for the features on disk and in memory, so a reader holds one batch at a time.
+    Memory: one batch, ``batch * row_size`` items (none for an array: slices are views).
+    """
+    n = len(rows) if stop is None else int(stop)
+    for lo in range(0, n, batch):
+        hi = min(lo + batch, n)
+        yield lo, rows.read(lo, hi) if isinstance(rows, RowStore) else rows[lo:hi]
