@@ -250,7 +250,20 @@ def _project_two_gemms(
             Vb[...] = new
         if precise.size:
             Vb[precise] = exact
-        K._track_signs(Vb, buf1[: k * w].reshape(k, w), best, sign)
+        _track_signs_abs_argmax(Vb, buf1[: k * w].reshape(k, w), best, sign)
+
+
+def _track_signs_abs_argmax(
+    block: np.ndarray, scratch: np.ndarray, best: np.ndarray, sign: np.ndarray
+) -> None:
+    """The sign tracking before the max/min form: abs into a scratch block, then argmax."""
+    mag = np.abs(block, out=scratch)
+    idx = np.argmax(mag, axis=1)
+    rows = np.arange(block.shape[0])
+    vals = mag[rows, idx]
+    better = vals > best
+    best[better] = vals[better]
+    sign[better] = np.sign(block[rows[better], idx[better]])
 
 
 def _stats_wide_slices(
@@ -284,11 +297,16 @@ def _mean_and_var_sklearn(xs: np.ndarray, n_seen: int, last_mean: Any, last_var:
     return K._combine(last_mean, last_var, n_seen, new_sum, new_unnormalized, n)
 
 
+def _track_signs_abs_argmax_3(block: np.ndarray, best: np.ndarray, sign: np.ndarray) -> None:
+    _track_signs_abs_argmax(block, np.empty_like(block), best, sign)
+
+
 VARIANTS: dict[str, dict[tuple[Any, str], Any]] = {
     "base": {},
     "evd-all": {(U, "_eigh_descending"): _eigh_all_evd},
     "two-gemms": {(U, "_project"): _project_two_gemms},
     "wide-stats": {(U, "_stats_and_centre"): _stats_wide_slices},
+    "abs-argmax-signs": {(K, "_track_signs"): _track_signs_abs_argmax_3},
     "before": {
         (U, "_eigh_descending"): _eigh_all_evd,
         (U, "_project"): _project_two_gemms,

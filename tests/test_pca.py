@@ -487,3 +487,30 @@ def test_eigh_descending_top_k_matches_full_eigh(m: int, k: int) -> None:
     cos = np.abs(np.sum(U[:, :k] * ref_U[:, :k], axis=0))
     assert np.all(cos[separated] > 1 - 1e-9)
     np.testing.assert_allclose(U[:, :k].T @ U[:, :k], np.eye(k), atol=1e-12)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.lists(st.integers(-3, 3), min_size=3, max_size=3).map(
+            lambda row: np.array(row, dtype=np.float32)
+        ),
+        min_size=2,
+        max_size=9,
+    ),
+    st.integers(1, 4),
+)
+def test_track_signs_keeps_the_sign_of_the_first_entry_of_largest_magnitude(
+    columns: list[np.ndarray], width: int
+) -> None:
+    """Column blocks of small integers (ties between +v and -v everywhere): the sign kept per
+    row is that of the first entry of largest magnitude over all blocks, svd_flip's rule."""
+    full = np.stack(columns, axis=1)  # 3 rows
+    best = np.full(3, -1.0, dtype=np.float32)
+    sign = np.ones(3, dtype=np.float32)
+    for c0 in range(0, full.shape[1], width):
+        kernels_mod._track_signs(np.ascontiguousarray(full[:, c0 : c0 + width]), best, sign)
+    first = np.argmax(np.abs(full), axis=1)
+    expect = np.sign(full[np.arange(3), first])
+    np.testing.assert_array_equal(best, np.abs(full).max(axis=1))
+    np.testing.assert_array_equal(sign < 0, expect < 0)

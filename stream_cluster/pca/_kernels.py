@@ -182,17 +182,25 @@ def _eigh_descending(G: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, flo
     return lam[::-1], Z[:, ::-1], trace - float(np.sum(lam))
 
 
-def _track_signs(
-    block: np.ndarray, scratch: np.ndarray, best: np.ndarray, sign: np.ndarray
-) -> None:
-    """Keep, per row, the sign of the first entry of largest magnitude seen so far."""
-    mag = np.abs(block, out=scratch)
-    idx = np.argmax(mag, axis=1)
-    rows = np.arange(block.shape[0])
-    vals = mag[rows, idx]
+def _track_signs(block: np.ndarray, best: np.ndarray, sign: np.ndarray) -> None:
+    """Keep, per row, the sign of the first entry of largest magnitude seen so far.
+
+    From each row's max and min (two reads, no write): the larger magnitude decides; a row
+    whose max and min have the same magnitude (a tie between +v and -v) takes the first of
+    them, as ``argmax(abs(row))`` would.
+    """
+    hi = block.max(axis=1)
+    lo = block.min(axis=1)
+    vals = np.maximum(hi, -lo)
     better = vals > best  # strict: an earlier column wins a tie, as np.argmax does
+    if not better.any():
+        return
+    new_sign = np.where(hi >= -lo, 1.0, -1.0).astype(block.dtype)
+    for i in np.flatnonzero(better & (hi == -lo) & (hi != 0)):
+        row = block[i]
+        new_sign[i] = np.sign(row[np.argmax(np.abs(row))])
     best[better] = vals[better]
-    sign[better] = np.sign(block[rows[better], idx[better]])
+    sign[better] = new_sign[better]
 
 
 def _complete(
@@ -228,7 +236,7 @@ def _complete(
     for c0, c1 in _spans(0, d, cb):
         block = T @ V[rows, c0:c1]
         V[rows, c0:c1] = block
-        _track_signs(block, np.empty_like(block), best_j, sign_j)
+        _track_signs(block, best_j, sign_j)
     best[rows] = best_j
     sign[rows] = sign_j
 
@@ -319,4 +327,4 @@ def _project(
         Vb = np.matmul(AB32, Z, out=out[:, c0:c1])
         if precise.size:
             Vb[precise] = exact
-        _track_signs(Vb, Z[:k], best, sign)
+        _track_signs(Vb, best, sign)
