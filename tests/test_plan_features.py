@@ -21,9 +21,11 @@ SEED = dict(width=300, height=430, n_components=800, k=10, workers=2)
 N_SEED = 8121
 
 
-def _seed_config(tmp_path: Path, features: str, budget: int = 2 * 2**30) -> RunConfig:
+def _seed_config(
+    tmp_path: Path, features: str, budget: int = 2 * 2**30, **over: object
+) -> RunConfig:
     cfg = RunConfig(tmp_path, tmp_path / "o", mem_budget=budget, features=features,
-                    **SEED)  # type: ignore[arg-type]  # fmt: skip
+                    **{**SEED, **over})  # type: ignore[arg-type]  # fmt: skip
     return with_features(cfg)[0]
 
 
@@ -109,3 +111,28 @@ def test_plan_onnx_pca_uses_the_model_output_width(tmp_path: Path) -> None:
     assert cfg.pca_dim == 8
     got = plan(cfg, 1000)
     assert got.stage_bytes["pca"] == _pca_bytes(8, got.pca_batch, 8, "gram", True, 4)
+
+
+def test_plan_hog_budget_advice_counts_the_reserve(tmp_path: Path) -> None:
+    """Check that a budget refused for a HOG run is named as given (not less the extractor's
+    reserve) and that following the advised budgets reaches a plan."""
+    import re
+
+    from stream_cluster.config import format_bytes, parse_mem
+
+    budget, advised = 300 * 2**20, []
+    for _ in range(4):
+        cfg = _seed_config(tmp_path, "hog", budget, workers=None)  # as many as fit
+        try:
+            plan(cfg, N_SEED)
+            break
+        except BudgetError as exc:
+            msg = str(exc)
+        assert f"--mem-budget {format_bytes(budget)} is too small" in msg
+        m = re.search(r"--mem-budget (\d+(?:\.\d+)?[MG]) or more", msg)
+        assert m and parse_mem(m.group(1)) > budget, msg
+        budget = parse_mem(m.group(1))
+        advised.append(budget)
+    else:
+        pytest.fail(f"no plan after following the advice {advised}")
+    assert advised and "6,336 feature values each" not in msg

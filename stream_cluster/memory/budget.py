@@ -142,6 +142,7 @@ def plan_memory(
     keep_pixels: str = "always",
     space: bool = False,
     features_dim: int | None = None,
+    reserved: int = 0,
 ) -> MemoryPlan:
     """Choose batch sizes and workers so that every stage's modelled peak fits ``budget``.
 
@@ -161,6 +162,8 @@ def plan_memory(
     ``features_dim`` (``--features`` other than pixels) is the values per image of the float32
     ``descriptors/`` store the PCA and the embed read instead of the pixels; the ingest and the
     report still hold ``width x height`` uint8 pixels. None: the PCA reads the pixels.
+    ``reserved`` bytes of ``budget`` are set aside first (the extractor's own memory); the
+    plan's ``budget`` is what is left, and advice names the whole budget again.
 
     Raises
     ------
@@ -172,7 +175,7 @@ def plan_memory(
     # What the PCA and the embed read: f values of `item` bytes per image.
     f, item = (d, 1) if features_dim is None else (int(features_dim), 4)
     k = n_components
-    usable = int(budget * SAFETY)
+    usable = int((budget - reserved) * SAFETY)
     min_batch = k
 
     def pca_bytes(b: int, stored: bool = True) -> int:
@@ -196,7 +199,8 @@ def plan_memory(
     floor = max(pca_bytes(candidates[-1]), _min_ingest_bytes(d, width, height, decode_cap))
     if pca_batch is None or floor > usable:
         raise BudgetError(_too_small_message(
-            budget, floor, k, width, height, solver, batch_size, decode_cap, features_dim
+            budget, floor, k, width, height, solver, batch_size, decode_cap, features_dim,
+            reserved,
         ))  # fmt: skip
     # Never read more than there is: a batch past the image count only wastes budget.
     pca_batch = max(min(pca_batch, max(n_images, min_batch)), min_batch)
@@ -234,7 +238,7 @@ def plan_memory(
             f"--mem-budget {format_bytes(budget)} is too small to cluster {n_images:,} images: "
             f"streamed k-means needs {format_bytes(kmeans_bytes)} (the labels and distances of "
             f"every image and batches of {kmeans_batch}) plus {1 - SAFETY:.0%} headroom. "
-            f"Use --mem-budget {_round_up(need / SAFETY)} or more."
+            f"Use --mem-budget {_round_up(need / SAFETY + reserved)} or more."
         )
 
     # Decoding while the PCA fits (the pipeline's faster path) holds both at once. Take it when
@@ -258,8 +262,8 @@ def plan_memory(
             raise BudgetError(
                 f"--keep-pixels never decodes the images while the PCA fits, which needs "
                 f"{format_bytes(need)} at --mem-budget {format_bytes(budget)} plus "
-                f"{1 - SAFETY:.0%} headroom. Use --mem-budget {_round_up(need / SAFETY)} or "
-                f"more, or --keep-pixels always."
+                f"{1 - SAFETY:.0%} headroom. Use --mem-budget "
+                f"{_round_up(need / SAFETY + reserved)} or more, or --keep-pixels always."
             )
         n_workers = overlap_workers
     # Without a store, the embed and the report decode again: workers, chunks in flight and
@@ -286,10 +290,10 @@ def plan_memory(
         raise BudgetError(
             f"--mem-budget {format_bytes(budget)} is too small for {n_images:,} images: the "
             f"{stage} stage needs {format_bytes(need)} plus {1 - SAFETY:.0%} headroom. "
-            f"Use --mem-budget {_round_up(need / SAFETY)} or more."
+            f"Use --mem-budget {_round_up(need / SAFETY + reserved)} or more."
         )
     return MemoryPlan(
-        budget=budget,
+        budget=budget - reserved,
         pca_batch=pca_batch,
         embed_batch=embed_batch,
         segment_rows=segment_rows,
@@ -321,8 +325,9 @@ def _too_small_message(
     batch: int | None,
     cap: int,
     features_dim: int | None = None,
+    reserved: int = 0,
 ) -> str:
-    usable = budget * SAFETY
+    usable = (budget - reserved) * SAFETY
     d = width * height
     f, item = (d, 1) if features_dim is None else (features_dim, 4)
     # Largest component count that fits at this size, and the largest size (same aspect) that
@@ -345,7 +350,7 @@ def _too_small_message(
         )
         lo_s, hi_s = (mid_s, hi_s) if ok else (lo_s, mid_s)
     fit_w, fit_h = int(width * lo_s), int(height * lo_s)
-    options = [f"--mem-budget {_round_up(need / SAFETY)} or more"]
+    options = [f"--mem-budget {_round_up(need / SAFETY + reserved)} or more"]
     if fit_k >= 1:
         options.append(f"--components {fit_k}")
     # A --features width does not follow --size as the pixels do: no size advice for it.

@@ -87,7 +87,7 @@ def plan(
                 **config.extra, "features_dim": with_features(config)[0].extra["features_dim"]})
         features_dim = config.pca_dim
     return plan_memory(
-        config.mem_budget - reserve,
+        config.mem_budget,
         n_images=n_images,
         width=config.width,
         height=config.height,
@@ -104,6 +104,7 @@ def plan(
         keep_pixels=config.keep_pixels,
         space=config.space == "tsne",
         features_dim=features_dim,
+        reserved=reserve,
     )
 
 
