@@ -6,13 +6,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from stream_cluster import RunConfig
 from stream_cluster.errors import BudgetError
 from stream_cluster.images.features import HogFeatures
 from stream_cluster.memory.budget import plan_memory
 from stream_cluster.memory.planner import plan, with_features
-from stream_cluster.memory.stage_bytes import _embed_bytes, _pca_bytes, _resident
+from stream_cluster.memory.stage_bytes import _embed_bytes, _pca_bytes, _report_bytes, _resident
 
 from .test_features import _conv_model
 
@@ -136,3 +138,30 @@ def test_plan_hog_budget_advice_counts_the_reserve(tmp_path: Path) -> None:
     else:
         pytest.fail(f"no plan after following the advice {advised}")
     assert advised and "6,336 feature values each" not in msg
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    budget=st.integers(256 * 2**20, 16 * 2**30),
+    size=st.tuples(st.integers(16, 600), st.integers(16, 600)),
+    dim=st.integers(1, 200_000),
+    k=st.integers(1, 1000),
+    reserved=st.integers(0, 256 * 2**20),
+)
+def test_plan_with_features_never_exceeds_budget(
+    budget: int, size: tuple[int, int], dim: int, k: int, reserved: int
+) -> None:
+    """Check that a plan over --features rows fits the budget less the reserve, with its PCA
+    and embed on the feature width and its report on the pixels, or is refused."""
+    w, h = size
+    if k > dim:
+        return
+    try:
+        got = plan_memory(budget, n_images=20_000, width=w, height=h, n_components=k,
+                          features_dim=dim, reserved=reserved, space=True)  # fmt: skip
+    except BudgetError:
+        return
+    assert got.budget == budget - reserved
+    assert got.peak_bytes <= (budget - reserved) * 0.9
+    assert got.stage_bytes["pca"] == _pca_bytes(k, got.pca_batch, dim, "gram", True, 4)
+    assert got.stage_bytes["report"] == _report_bytes(20_000, 20, w * h)
