@@ -141,6 +141,8 @@ def plan_memory(
     kmeans_from_store: bool = False,
     keep_pixels: str = "always",
     space: bool = False,
+    features_dim: int | None = None,
+    reserved: int = 0,
 ) -> MemoryPlan:
     """Choose batch sizes and workers so that every stage's modelled peak fits ``budget``.
 
@@ -157,6 +159,12 @@ def plan_memory(
     ``keep_pixels="never"`` plans the run without a pixel store: decoding always overlaps the
     PCA (with fewer workers if need be), and the embed stage decodes again.
 
+    ``features_dim`` (``--features`` other than pixels) is the values per image of the float32
+    ``descriptors/`` store the PCA and the embed read instead of the pixels; the ingest and the
+    report still hold ``width x height`` uint8 pixels. None: the PCA reads the pixels.
+    ``reserved`` bytes of ``budget`` are set aside first (the extractor's own memory); the
+    plan's ``budget`` is what is left, and advice names the whole budget again.
+
     Raises
     ------
     BudgetError
@@ -164,9 +172,14 @@ def plan_memory(
         the message gives the minimum budget and smaller settings that would fit this budget.
     """
     d = width * height
+    # What the PCA and the embed read: f values of `item` bytes per image.
+    f, item = (d, 1) if features_dim is None else (int(features_dim), 4)
     k = n_components
-    usable = int(budget * SAFETY)
+    usable = int((budget - reserved) * SAFETY)
     min_batch = k
+
+    def pca_bytes(b: int, stored: bool = True) -> int:
+        return _pca_bytes(k, b, f, solver, stored or features_dim is not None, item)
 
     if batch_size is not None:
         if batch_size < k:
@@ -181,15 +194,14 @@ def plan_memory(
             {best, *range(best, min_batch - 1, -max(1, (best - min_batch) // 16 or 1)), min_batch},
             reverse=True,
         )
-    pca_batch = next((b for b in candidates if _pca_bytes(k, b, d, solver) <= usable), None)
+    pca_batch = next((b for b in candidates if pca_bytes(b) <= usable), None)
     # The smallest workable run: the smallest PCA batch, and decoding in-process.
-    floor = max(
-        _pca_bytes(k, candidates[-1], d, solver), _min_ingest_bytes(d, width, height, decode_cap)
-    )
+    floor = max(pca_bytes(candidates[-1]), _min_ingest_bytes(d, width, height, decode_cap))
     if pca_batch is None or floor > usable:
-        raise BudgetError(
-            _too_small_message(budget, floor, k, width, height, solver, batch_size, decode_cap)
-        )
+        raise BudgetError(_too_small_message(
+            budget, floor, k, width, height, solver, batch_size, decode_cap, features_dim,
+            reserved,
+        ))  # fmt: skip
     # Never read more than there is: a batch past the image count only wastes budget.
     pca_batch = max(min(pca_batch, max(n_images, min_batch)), min_batch)
 
@@ -226,7 +238,7 @@ def plan_memory(
             f"--mem-budget {format_bytes(budget)} is too small to cluster {n_images:,} images: "
             f"streamed k-means needs {format_bytes(kmeans_bytes)} (the labels and distances of "
             f"every image and batches of {kmeans_batch}) plus {1 - SAFETY:.0%} headroom. "
-            f"Use --mem-budget {_round_up(need / SAFETY)} or more."
+            f"Use --mem-budget {_round_up(need / SAFETY + reserved)} or more."
         )
 
     # Decoding while the PCA fits (the pipeline's faster path) holds both at once. Take it when
@@ -236,7 +248,7 @@ def plan_memory(
     # pixel store it is the only path: the pipe to the PCA holds one more segment, and fewer
     # workers are taken if need be.
     def overlap_bytes(workers: int) -> int:
-        pca = _pca_bytes(k, pca_batch, d, solver, stored)
+        pca = pca_bytes(pca_batch, stored)
         pipe = 0 if stored else segment_rows * d
         return ingest_bytes(workers, segment_rows) + pipe + pca - PARENT_BASE_BYTES
 
@@ -250,8 +262,8 @@ def plan_memory(
             raise BudgetError(
                 f"--keep-pixels never decodes the images while the PCA fits, which needs "
                 f"{format_bytes(need)} at --mem-budget {format_bytes(budget)} plus "
-                f"{1 - SAFETY:.0%} headroom. Use --mem-budget {_round_up(need / SAFETY)} or "
-                f"more, or --keep-pixels always."
+                f"{1 - SAFETY:.0%} headroom. Use --mem-budget "
+                f"{_round_up(need / SAFETY + reserved)} or more, or --keep-pixels always."
             )
         n_workers = overlap_workers
     # Without a store, the embed and the report decode again: workers, chunks in flight and
@@ -263,8 +275,9 @@ def plan_memory(
     stage_bytes = {
         "scan": PARENT_BASE_BYTES + SCAN_PER_IMAGE * n_images,
         "ingest": ingest_bytes(n_workers, segment_rows),
-        "pca": _pca_bytes(k, pca_batch, d, solver, stored),
-        "embed": _embed_bytes(k, embed_batch, d, stored, resident) + decoders,
+        "pca": pca_bytes(pca_batch, stored),
+        "embed": _embed_bytes(k, embed_batch, f, stored or features_dim is not None, resident,
+                              item) + decoders,
         "kmeans": kmeans_bytes,
         "report": _report_bytes(n_images, max(max_k, 1), d) + decoders,
     }
@@ -277,10 +290,10 @@ def plan_memory(
         raise BudgetError(
             f"--mem-budget {format_bytes(budget)} is too small for {n_images:,} images: the "
             f"{stage} stage needs {format_bytes(need)} plus {1 - SAFETY:.0%} headroom. "
-            f"Use --mem-budget {_round_up(need / SAFETY)} or more."
+            f"Use --mem-budget {_round_up(need / SAFETY + reserved)} or more."
         )
     return MemoryPlan(
-        budget=budget,
+        budget=budget - reserved,
         pca_batch=pca_batch,
         embed_batch=embed_batch,
         segment_rows=segment_rows,
@@ -311,15 +324,19 @@ def _too_small_message(
     solver: str,
     batch: int | None,
     cap: int,
+    features_dim: int | None = None,
+    reserved: int = 0,
 ) -> str:
-    usable = budget * SAFETY
+    usable = (budget - reserved) * SAFETY
     d = width * height
+    f, item = (d, 1) if features_dim is None else (features_dim, 4)
     # Largest component count that fits at this size, and the largest size (same aspect) that
     # fits these components: both by bisection on the same model.
     lo, hi = 0, k
     while lo < hi:
         mid = (lo + hi + 1) // 2
-        need_mid = max(_pca_bytes(mid, mid, d, solver), _min_ingest_bytes(d, width, height, cap))
+        need_mid = max(_pca_bytes(mid, mid, f, solver, itemsize=item),
+                       _min_ingest_bytes(d, width, height, cap))  # fmt: skip
         ok = need_mid <= usable
         lo, hi = (mid, hi) if ok else (lo, mid - 1)
     fit_k = lo
@@ -333,15 +350,17 @@ def _too_small_message(
         )
         lo_s, hi_s = (mid_s, hi_s) if ok else (lo_s, mid_s)
     fit_w, fit_h = int(width * lo_s), int(height * lo_s)
-    options = [f"--mem-budget {_round_up(need / SAFETY)} or more"]
+    options = [f"--mem-budget {_round_up(need / SAFETY + reserved)} or more"]
     if fit_k >= 1:
         options.append(f"--components {fit_k}")
-    if fit_w * fit_h >= k and fit_w >= 1 and fit_h >= 1:
+    # A --features width does not follow --size as the pixels do: no size advice for it.
+    if features_dim is None and fit_w * fit_h >= k and fit_w >= 1 and fit_h >= 1:
         options.append(f"--size {fit_w}x{fit_h}")
+    rows = "" if features_dim is None else f" ({features_dim:,} feature values each)"
     what = f"a PCA batch of {batch}" if batch else f"the smallest PCA batch ({k} images)"
     return (
         f"--mem-budget {format_bytes(budget)} is too small for {k} PCA components on "
-        f"{width}x{height} images: the smallest workable plan ({what}, decoding in one "
+        f"{width}x{height} images{rows}: the smallest workable plan ({what}, decoding in one "
         f"process) needs {format_bytes(need)} plus {1 - SAFETY:.0%} headroom. "
         f"Use {', or '.join(options)}."
     )

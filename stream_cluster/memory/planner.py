@@ -77,14 +77,20 @@ def plan(
             f"--features {config.features} needs {reserve:,} bytes, more than --mem-budget "
             f"{config.mem_budget:,}. Raise the budget or use --features pixels."
         )
-    # The stages after ingest see features_dim values per image, possibly more than the
-    # pixels: the plan is made for a height whose pixel count covers both (conservative).
-    height = max(config.height, -(-int(config.extra.get("features_dim", 0)) // config.width))
+    # The PCA and the embed read the descriptors/ store: features_dim float32 values per
+    # image (HOG's length, or the ONNX model's output width, found by with_features); the
+    # ingest and the report still hold the pixels.
+    features_dim = None
+    if config.features != "pixels":
+        if "features_dim" not in config.extra:  # a caller that skipped with_features
+            config = dataclasses.replace(config, extra={
+                **config.extra, "features_dim": with_features(config)[0].extra["features_dim"]})
+        features_dim = config.pca_dim
     return plan_memory(
-        config.mem_budget - reserve,
+        config.mem_budget,
         n_images=n_images,
         width=config.width,
-        height=height,
+        height=config.height,
         n_components=config.n_components,
         solver=config.pca_solver,
         workers=config.workers,
@@ -97,6 +103,8 @@ def plan(
         kmeans_from_store=True,
         keep_pixels=config.keep_pixels,
         space=config.space == "tsne",
+        features_dim=features_dim,
+        reserved=reserve,
     )
 
 

@@ -3,6 +3,8 @@ embed, k-means and report, from which :mod:`~stream_cluster.memory.budget` plans
 
 from __future__ import annotations
 
+import numpy as np
+
 from stream_cluster.images.decode import decode_worker_bytes
 from stream_cluster.model.kmeans import Mode, kmeans_memory_bytes
 from stream_cluster.model.space import SPACE_DIMS, SPACE_SAMPLE
@@ -88,9 +90,13 @@ def _decoders_bytes(workers: int, n_features: int, width: int, height: int, cap:
     return in_flight + decoders
 
 
-def _store_io(n_features: int, rows: int, stored: bool) -> int:
-    # one read or append of the pixel store: the codec's buffers and its import
-    return store_io_bytes(n_features, rows=rows) + CODEC_IMPORT_BYTES if stored else 0
+def _store_io(n_features: int, rows: int, stored: bool, itemsize: int = 1) -> int:
+    # one read or append of the pixel store (uint8) or the descriptors/ store (float32,
+    # ``itemsize`` 4): the codec's buffers and its import
+    if not stored:
+        return 0
+    dtype = np.uint8 if itemsize == 1 else np.float32
+    return store_io_bytes(n_features, dtype=dtype, rows=rows) + CODEC_IMPORT_BYTES
 
 
 def _ingest_bytes(
@@ -111,23 +117,29 @@ def _min_ingest_bytes(n_features: int, width: int, height: int, cap: int) -> int
     return _ingest_bytes(0, MIN_SEGMENT_ROWS, n_features, width, height, cap)
 
 
-def _pca_bytes(k: int, b: int, d: int, solver: str, stored: bool = True) -> int:
+def _pca_bytes(
+    k: int, b: int, d: int, solver: str, stored: bool = True, itemsize: int = 1
+) -> int:
     # pca_memory_bytes counts the model, the float32 batch and the solver workspace (the
     # pipeline lets the solver centre the batch in place: copy=False); the batch is filled from
-    # the store READ_ROWS uint8 rows at a time.
+    # the store READ_ROWS rows at a time: uint8 pixels, or float32 --features rows (itemsize 4)
+    # of ``d`` values each.
     model = pca_memory_bytes(k, b, d, solver, copy=False)
-    return PARENT_BASE_BYTES + model + READ_ROWS * d + _store_io(d, READ_ROWS, stored)
+    return (PARENT_BASE_BYTES + model + READ_ROWS * itemsize * d
+            + _store_io(d, READ_ROWS, stored, itemsize))  # fmt: skip
 
 
 def _embed_bytes(
-    k: int, b: int, d: int, stored: bool = False, base: int = PARENT_BASE_BYTES
+    k: int, b: int, d: int, stored: bool = False, base: int = PARENT_BASE_BYTES,
+    itemsize: int = 1,
 ) -> int:
-    # components (float32) + mean (float64, float32) + uint8 rows + the float32 column block
-    # transform scales and centres them into + features (float64 sum, one block's GEMM result,
-    # float32 copy, contiguous slice) + reading the pixel store; ``base``: the process before
+    # components (float32) + mean (float64, float32) + the batch's rows (uint8 pixels, or
+    # float32 --features rows: itemsize 4) + the float32 column block transform scales and
+    # centres them into + features (float64 sum, one block's GEMM result, float32 copy,
+    # contiguous slice) + reading the store; ``base``: the process before
     cb = min(8192, d)
-    io = _store_io(d, b, stored)
-    return base + k * d * 4 + d * 12 + b * d + 4 * b * cb + b * k * 24 + io
+    io = _store_io(d, b, stored, itemsize)
+    return base + k * d * 4 + d * 12 + itemsize * b * d + 4 * b * cb + b * k * 24 + io
 
 
 def _resident(n_images: int) -> int:
