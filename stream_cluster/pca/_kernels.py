@@ -140,46 +140,21 @@ def _scale_old_block(G: np.ndarray, sigma: np.ndarray) -> None:
 
 
 def _eigh_descending(G: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, float]:
-    """The top ``k`` eigenpairs of symmetric G, largest first, and the sum of the others.
+    """The top ``k`` eigenpairs of symmetric G, largest first, and the sum of the others
+    (clipped at 0), from every eigenpair by divide and conquer (G overwritten).
 
-    An update keeps ``k`` of ``m`` pairs (800 of 1,932 at the seed size) and needs the others
-    only through their sum, ``trace(G)`` minus the kept ones; so when ``k < m`` only the kept
-    pairs are computed (G overwritten): tridiagonalise (``dsytrd``), take the top ``k`` of
-    the tridiagonal by MRRR (``dstemr``) and apply the reflectors to those ``k`` vectors only
-    (``dormqr``), instead of all ``m`` by divide and conquer. scipy's ``eigh(driver="evr",
-    subset_by_index=...)`` is no substitute: LAPACK's ``dsyevr`` runs MRRR only for the whole
-    spectrum and falls back to bisection and inverse iteration for a subset (measured 1.2-1.5x
-    slower than ``evd`` at the seed size, where this route took 0.85-0.9x ``evd``'s time).
+    Computing only the kept pairs (``dsytrd``, MRRR on the tridiagonal for ``k`` of them, the
+    reflectors applied to those ``k``) was measured slower on two idle cores at the seed size:
+    the stage 1.02x (``benchmarks/pca_bound.py --compare base,top-k``), since the
+    tridiagonalisation both routes run dominates (``benchmarks/RESULTS_pca_bound.md``).
     """
-    # All BLAS threads. LAPACK's tridiagonalisation makes many small BLAS calls, so a CPU-bound
-    # process of equal priority on the other core makes two threads slower than one; the
-    # pipeline therefore runs its background decoders at low priority.
-    m = G.shape[0]
-    trace = float(np.trace(G))
-    if k >= m:
-        lam, U = scipy.linalg.eigh(G, overwrite_a=True, check_finite=False, driver="evd")
-        return lam[::-1], U[:, ::-1], trace - float(np.sum(lam))
-    lapack = scipy.linalg.lapack
-    # G.T is G (symmetric) and Fortran-ordered: LAPACK works on it in place.
-    lwork = int(lapack.dsytrd_lwork(m, lower=1)[0])
-    refl, diag, off, tau, info = lapack.dsytrd(G.T, lower=1, lwork=lwork, overwrite_a=1)
-    if info != 0:
-        raise np.linalg.LinAlgError(f"dsytrd failed (info={info}).")
-    lam, Z = scipy.linalg.eigh_tridiagonal(
-        diag,
-        off,
-        select="i",
-        select_range=(m - k, m - 1),
-        lapack_driver="stemr",
-        check_finite=False,
-    )
-    # Q = H(1) ... H(m-1); H(i)'s vector lies below the subdiagonal of column i, so Q acts on
-    # rows 1: as the Q of a QR factorisation stored in refl[1:, :-1] (LAPACK's dormtr, lower).
-    lwork = int(lapack.dormqr("L", "N", refl[1:, :-1], tau, Z[1:], -1)[1][0])
-    Z[1:], _, info = lapack.dormqr("L", "N", refl[1:, :-1], tau, Z[1:], lwork)
-    if info != 0:
-        raise np.linalg.LinAlgError(f"dormqr failed (info={info}).")
-    return lam[::-1], Z[:, ::-1], trace - float(np.sum(lam))
+    # All BLAS threads: 0.85 s instead of 1.35 s at m=1932 on 2 idle cores. LAPACK's
+    # tridiagonalisation makes many small BLAS calls, so a CPU-bound process of equal priority
+    # on the other core makes two threads slower than one (2.2 s); the pipeline therefore runs
+    # its background decoders at low priority (measured 0.85 s beside a nice-19 busy loop).
+    lam, U = scipy.linalg.eigh(G, overwrite_a=True, check_finite=False, driver="evd")
+    lam, U = lam[::-1], U[:, ::-1]
+    return lam[:k], U[:, :k], float(np.sum(np.clip(lam[k:], 0.0, None)))
 
 
 def _track_signs(block: np.ndarray, best: np.ndarray, sign: np.ndarray) -> None:
