@@ -139,22 +139,19 @@ def _scale_old_block(G: np.ndarray, sigma: np.ndarray) -> None:
         G[p:, :p] = G[:p, p:].T
 
 
-def _eigh_descending(G: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, float]:
-    """The top ``k`` eigenpairs of symmetric G, largest first, and the sum of the others
-    (clipped at 0), from every eigenpair by divide and conquer (G overwritten).
+def _eigh_descending(G: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """All eigenpairs of symmetric G, largest first (divide and conquer, G overwritten).
 
-    Computing only the kept pairs (``dsytrd``, MRRR on the tridiagonal for ``k`` of them, the
-    reflectors applied to those ``k``) was measured slower on two idle cores at the seed size:
-    the stage 1.02x (``benchmarks/pca_bound.py --compare base,top-k``), since the
-    tridiagonalisation both routes run dominates (``benchmarks/RESULTS_pca_bound.md``).
+    Computing only the kept pairs (``dsytrd``, MRRR on the tridiagonal, the reflectors applied
+    to those) was measured slower on two idle cores at the seed size (the stage 1.02x,
+    ``benchmarks/pca_bound.py --compare base,top-k``; ``benchmarks/RESULTS_pca_bound.md``).
     """
     # All BLAS threads: 0.85 s instead of 1.35 s at m=1932 on 2 idle cores. LAPACK's
     # tridiagonalisation makes many small BLAS calls, so a CPU-bound process of equal priority
     # on the other core makes two threads slower than one (2.2 s); the pipeline therefore runs
     # its background decoders at low priority (measured 0.85 s beside a nice-19 busy loop).
     lam, U = scipy.linalg.eigh(G, overwrite_a=True, check_finite=False, driver="evd")
-    lam, U = lam[::-1], U[:, ::-1]
-    return lam[:k], U[:, :k], float(np.sum(np.clip(lam[k:], 0.0, None)))
+    return lam[::-1], U[:, ::-1]
 
 
 def _track_signs(block: np.ndarray, best: np.ndarray, sign: np.ndarray) -> None:

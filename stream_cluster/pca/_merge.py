@@ -106,10 +106,10 @@ def gram_merge(a: FittedState, b: FittedState, k: int, block_columns: int) -> di
         del ybuf
         G[:p, :p] += np.eye(p)
     out = np.empty((k, d), dtype=_F32)
-    V, sigma, lam, tail = solve_stack(
+    V, sigma, lam = solve_stack(
         G, exact, V_b, V_a, sigma_a, corr, k, n, cb, sigma_b, out, what="A merged model"
     )
-    return learned_attributes(V, sigma, lam, tail, mean, var, n, k, tail[1] > 0)
+    return learned_attributes(V, sigma, lam, mean, var, n, k, lam.size > k)
 
 
 def reduce_tree(items: Sequence[T], load: Callable[[T], M], merge: Callable[[M, M], M]) -> M:

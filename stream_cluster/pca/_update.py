@@ -83,8 +83,8 @@ def gram_partial_fit(
         # batch); measured against the float64 route the explained variance agrees to 2e-7
         # either way. The float64 route below computes it.
         G[:p, :p] += np.eye(p)
-    V_new, new_sigma, lam, tail = solve_stack(G, exact, X, V, sigma, corr, k, n_total, cb)
-    return learned_attributes(V_new, new_sigma, lam, tail, mean, var, n_total, k, k not in (n, d))
+    V_new, new_sigma, lam = solve_stack(G, exact, X, V, sigma, corr, k, n_total, cb)
+    return learned_attributes(V_new, new_sigma, lam, mean, var, n_total, k, k not in (n, d))
 
 
 def solve_stack(
@@ -100,16 +100,15 @@ def solve_stack(
     scale: np.ndarray | None = None,
     out: np.ndarray | None = None,
     what: str = "X",
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[float, int]]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The top ``k`` of the stack ``[diag(sigma) V; diag(scale) X; corr]`` from its Gram matrix.
 
     ``G`` is pass 1's float32-route Gram matrix (old block unscaled), or empty when ``exact``:
     the float64 route builds its own. Eigendecomposes it (falling back to float64 when a kept
     eigenvalue is below ``_FAST_RTOL`` of the largest), then projects the new components into
     ``out`` (default: V in place, or a new array) with sklearn's signs, completing directions
-    that have no variance. Returns the components, their singular values, their eigenvalues
-    (clipped at 0) and the discarded part of the spectrum as (sum, count): the stack has
-    ``min(m, d)`` eigenvalues, of which only the top ``k`` are computed.
+    that have no variance. Returns the components, their singular values and all eigenvalues
+    (clipped at 0, ``min(m, d)`` of them).
     """
     d = X.shape[1]
     p = sigma.shape[0]  # rows of the old-components block
@@ -120,7 +119,7 @@ def solve_stack(
     if not np.isfinite(G).all():
         raise ValueError(f"{what} contains NaN or infinity.")
     _scale_old_block(G, sigma)
-    lam, U, rest = _eigh_descending(G, k)
+    lam, U = _eigh_descending(G)
 
     top = max(float(lam[0]), 0.0)
     precise = np.zeros(0, dtype=np.intp)
@@ -132,16 +131,16 @@ def solve_stack(
         )
         G = _gram64(X, V, corr, p, q, cb, scale)
         _scale_old_block(G, sigma)
-        lam, U, rest = _eigh_descending(G, k)
+        lam, U = _eigh_descending(G)
         top = max(float(lam[0]), 0.0)
         exact = True
     if exact:
         small = m * m * d <= _k._FLOAT64_FLOPS
         precise = np.arange(k) if small else np.flatnonzero(lam[:k] < _k._FAST_RTOL * top)
     del G
-    tail = (max(rest, 0.0), min(m, d) - k)
-    lam = np.clip(lam[:k], 0.0, None)
-    new_sigma = np.sqrt(lam)
+    r = min(m, d)
+    lam = np.clip(lam[:r], 0.0, None)
+    new_sigma = np.sqrt(lam[:k])
     degenerate = np.flatnonzero(lam[:k] <= _k._EXACT_RTOL * top)
     if degenerate.size:
         logger.info("%d components have no resolvable direction; completing them.", degenerate.size)
@@ -165,14 +164,13 @@ def solve_stack(
         _complete(out, degenerate, cb, seed=n_total, best=best, sign=sign)
     for i in np.flatnonzero(sign < 0):
         np.negative(out[i], out=out[i])
-    return out, new_sigma, lam, tail
+    return out, new_sigma, lam
 
 
 def learned_attributes(
     V: np.ndarray,
     sigma: np.ndarray,
     lam: np.ndarray,
-    tail: tuple[float, int],
     mean: np.ndarray,
     var: np.ndarray,
     n_total: int,
@@ -181,22 +179,20 @@ def learned_attributes(
 ) -> dict[str, Any]:
     """The learned attributes by their sklearn names, with sklearn's spectrum definitions.
 
-    ``lam`` holds the ``k`` kept eigenvalues, ``tail`` the (sum, count) of the discarded ones;
     ``noise`` False sets ``noise_variance_`` to 0 (sklearn does when nothing was discarded).
     """
     with np.errstate(divide="ignore", invalid="ignore"):  # 0/0 -> nan, as in sklearn
         ev = lam / (n_total - 1)
-        ratio = lam / np.sum(var * n_total)
-        noise_var = np.float64(tail[0]) / (n_total - 1) / tail[1] if noise else 0.0
+        ratio = lam[:k] / np.sum(var * n_total)
     return {
         "components_": V,
         "singular_values_": sigma,
         "mean_": mean,
         "var_": var,
         "n_samples_seen_": n_total,
-        "explained_variance_": ev,
+        "explained_variance_": ev[:k],
         "explained_variance_ratio_": ratio,
-        "noise_variance_": float(noise_var),
+        "noise_variance_": float(ev[k:].mean()) if noise else 0.0,
         "n_components_": k,
         "n_features_in_": V.shape[1],
     }
