@@ -121,7 +121,7 @@ def _env() -> dict[str, str]:
 
 
 def main() -> None:
-    from stream_cluster.memory.stage_bytes import PARENT_BASE_BYTES, _kmeans_bytes
+    from stream_cluster.memory.stage_bytes import PARENT_BASE_BYTES, kmeans_stage_bytes
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, nargs="+", default=[8121, 32484, 100000])
@@ -141,7 +141,7 @@ def main() -> None:
                     batch = args.batch if mode == "stream" else 4096
                     ks = list(range(2, k + 1)) if args.sweep else [k]
                     got = measure(mode, n, args.d, ks, batch, Path(tmp))
-                    model = _kmeans_bytes(n, args.d, k, mode, batch) - PARENT_BASE_BYTES
+                    model = kmeans_stage_bytes(n, args.d, k, mode, batch) - PARENT_BASE_BYTES
                     peak = int(got["peak"])  # type: ignore[call-overload]
                     print(json.dumps({
                         "n": n, "d": args.d, "k": k, "mode": mode, "batch": batch,

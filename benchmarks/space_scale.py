@@ -3,7 +3,7 @@
 Writes N synthetic 800-feature rows (a seeded mixture of 30 Gaussian groups, float32) to a
 feature store, then runs ``stages.space.space_stage`` on it in a fresh, watched process (the
 tree's RSS sampled every 0.1 s) and prints the measured peak next to the memory plan's model of
-the stage (``memory.stage_bytes._space_bytes``, which also counts the runner's resident process
+the stage (``memory.stage_bytes.space_stage_bytes``, which also counts the runner's resident process
 after the PCA, so it must be above the standalone peak).
 
     python -m benchmarks.space_scale --images 100000 --components 800
@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--components", type=int, default=800)
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args(argv)
-    from stream_cluster.memory.stage_bytes import _space_bytes
+    from stream_cluster.memory.stage_bytes import space_stage_bytes
 
     with tempfile.TemporaryDirectory(prefix="space-scale-") as tmp:
         store = Path(tmp) / "features"
@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
             print(log)
             return 1
         seconds = json.loads(log.strip().splitlines()[-1])["seconds"]
-    model = _space_bytes(a.images, a.components)
+    model = space_stage_bytes(a.images, a.components)
     print(f"{a.images:,} images x {a.components} features (store written in {made:.1f} s): "
           f"space stage {seconds:.1f} s, peak RSS {out.peak_rss / 2**20:.0f} MiB; "
           f"the plan's model of the stage {model / 2**20:.0f} MiB "

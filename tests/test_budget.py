@@ -16,7 +16,7 @@ from stream_cluster.memory.stage_bytes import (
     MIN_KMEANS_BATCH,
     PARENT_BASE_BYTES,
     SAFETY,
-    _kmeans_bytes,
+    kmeans_stage_bytes,
 )
 from stream_cluster.model.kmeans import ASSIGN_BATCH, kmeans_memory_bytes
 
@@ -164,11 +164,11 @@ def test_plan_kmeans_stage_matches_its_source(
     in_memory_mode = "load" if from_store else "array"
     assert plan.kmeans_mode in (in_memory_mode, "stream")
     assert plan.features_in_memory == (plan.kmeans_mode != "stream")
-    assert plan.stage_bytes["kmeans"] == _kmeans_bytes(
+    assert plan.stage_bytes["kmeans"] == kmeans_stage_bytes(
         n_images, k, max_k, plan.kmeans_mode, plan.kmeans_batch  # type: ignore[arg-type]
     )
     assert plan.stage_bytes["kmeans"] <= budget * SAFETY
-    exact = _kmeans_bytes(n_images, k, max_k, in_memory_mode, ASSIGN_BATCH)  # type: ignore[arg-type]
+    exact = kmeans_stage_bytes(n_images, k, max_k, in_memory_mode, ASSIGN_BATCH)  # type: ignore[arg-type]
     assert plan.features_in_memory == (exact <= budget * SAFETY)
     if not plan.features_in_memory:
         assert MIN_KMEANS_BATCH <= plan.kmeans_batch <= max(plan.embed_batch, 1024)

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from benchmarks.kmeans_memory import make_features, measure, write_store
-from stream_cluster.memory.stage_bytes import _kmeans_bytes, _resident
+from stream_cluster.memory.stage_bytes import kmeans_stage_bytes, resident_bytes
 from stream_cluster.model.kmeans import (
     _SLACK,
     ASSIGN_BATCH,
@@ -70,7 +70,7 @@ def stores(tmp_path_factory: pytest.TempPathFactory) -> _Stores:
 
 
 def _model(n: int, d: int, k: int, mode: Mode, batch: int) -> int:
-    return _kmeans_bytes(n, d, k, mode, batch) - _resident(n)
+    return kmeans_stage_bytes(n, d, k, mode, batch) - resident_bytes(n)
 
 
 @pytest.mark.parametrize(("n", "d", "k", "mode", "batch"), CASES)

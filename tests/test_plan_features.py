@@ -14,7 +14,12 @@ from stream_cluster.errors import BudgetError
 from stream_cluster.images.features import HogFeatures
 from stream_cluster.memory.budget import plan_memory
 from stream_cluster.memory.planner import plan, with_features
-from stream_cluster.memory.stage_bytes import _embed_bytes, _pca_bytes, _report_bytes, _resident
+from stream_cluster.memory.stage_bytes import (
+    embed_stage_bytes,
+    pca_stage_bytes,
+    report_stage_bytes,
+    resident_bytes,
+)
 
 from .test_features import _conv_model
 
@@ -39,11 +44,11 @@ def test_plan_hog_pca_and_embed_use_hog_width(tmp_path: Path) -> None:
     assert hog.pca_dim == dim == 6336
     got = plan(hog, N_SEED)
     k, b = 800, got.pca_batch
-    assert got.stage_bytes["pca"] == _pca_bytes(k, b, dim, "gram", True, 4)
-    assert got.stage_bytes["pca"] < _pca_bytes(k, b, 300 * 430, "gram", True, 1)
-    resident = _resident(N_SEED)
-    assert got.stage_bytes["embed"] == _embed_bytes(k, b, dim, True, resident, 4)
-    assert got.stage_bytes["embed"] < _embed_bytes(k, b, 300 * 430, True, resident, 1)
+    assert got.stage_bytes["pca"] == pca_stage_bytes(k, b, dim, "gram", True, 4)
+    assert got.stage_bytes["pca"] < pca_stage_bytes(k, b, 300 * 430, "gram", True, 1)
+    resident = resident_bytes(N_SEED)
+    assert got.stage_bytes["embed"] == embed_stage_bytes(k, b, dim, True, resident, 4)
+    assert got.stage_bytes["embed"] < embed_stage_bytes(k, b, 300 * 430, True, resident, 1)
     # The ingest and the report hold the pixels as before.
     pixels = plan(_seed_config(tmp_path, "pixels"), N_SEED)
     assert got.stage_bytes["ingest"] == pixels.stage_bytes["ingest"]
@@ -109,7 +114,7 @@ def test_plan_onnx_pca_uses_the_model_output_width(tmp_path: Path) -> None:
     cfg = with_features(cfg)[0]
     assert cfg.pca_dim == 8
     got = plan(cfg, 1000)
-    assert got.stage_bytes["pca"] == _pca_bytes(8, got.pca_batch, 8, "gram", True, 4)
+    assert got.stage_bytes["pca"] == pca_stage_bytes(8, got.pca_batch, 8, "gram", True, 4)
 
 
 def test_plan_hog_budget_advice_counts_the_reserve(tmp_path: Path) -> None:
@@ -160,5 +165,5 @@ def test_plan_with_features_never_exceeds_budget(
         return
     assert got.budget == budget - reserved
     assert got.peak_bytes <= (budget - reserved) * 0.9
-    assert got.stage_bytes["pca"] == _pca_bytes(k, got.pca_batch, dim, "gram", True, 4)
-    assert got.stage_bytes["report"] == _report_bytes(20_000, 20, w * h)
+    assert got.stage_bytes["pca"] == pca_stage_bytes(k, got.pca_batch, dim, "gram", True, 4)
+    assert got.stage_bytes["report"] == report_stage_bytes(20_000, 20, w * h)

@@ -23,15 +23,15 @@ from stream_cluster.memory.stage_bytes import (
     PIPE_SEGMENT_ROWS,
     SAFETY,
     SCAN_PER_IMAGE,
-    _decoders_bytes,
-    _embed_bytes,
-    _ingest_bytes,
-    _kmeans_bytes,
-    _min_ingest_bytes,
-    _pca_bytes,
-    _report_bytes,
-    _resident,
-    _space_bytes,
+    decoders_bytes,
+    embed_stage_bytes,
+    ingest_stage_bytes,
+    kmeans_stage_bytes,
+    min_ingest_bytes,
+    pca_stage_bytes,
+    report_stage_bytes,
+    resident_bytes,
+    space_stage_bytes,
 )
 from stream_cluster.model.kmeans import ASSIGN_BATCH, Mode
 
@@ -39,7 +39,6 @@ __all__ = [
     "MemoryPlan",
     "plan_memory",
 ]
-
 
 
 def _best_pca_batch(n_components: int) -> int:
@@ -114,14 +113,14 @@ def _kmeans_plan(
     Exact k-means (``in_memory``: "array" or "load") when it fits, else MiniBatchKMeans with
     the pipeline's batch (the embed batch, at least 1024), halved while it does not fit.
     """
-    need = _kmeans_bytes(n_images, k_out, max_k, in_memory, ASSIGN_BATCH)
+    need = kmeans_stage_bytes(n_images, k_out, max_k, in_memory, ASSIGN_BATCH)
     if need <= usable:
         return in_memory, ASSIGN_BATCH, need
     batch = max(embed_batch, 1024)
-    need = _kmeans_bytes(n_images, k_out, max_k, "stream", batch)
+    need = kmeans_stage_bytes(n_images, k_out, max_k, "stream", batch)
     while need > usable and batch > MIN_KMEANS_BATCH:
         batch = max(batch // 2, MIN_KMEANS_BATCH)
-        need = _kmeans_bytes(n_images, k_out, max_k, "stream", batch)
+        need = kmeans_stage_bytes(n_images, k_out, max_k, "stream", batch)
     return "stream", batch, need
 
 
@@ -179,7 +178,7 @@ def plan_memory(
     min_batch = k
 
     def pca_bytes(b: int, stored: bool = True) -> int:
-        return _pca_bytes(k, b, f, solver, stored or features_dim is not None, item)
+        return pca_stage_bytes(k, b, f, solver, stored or features_dim is not None, item)
 
     if batch_size is not None:
         if batch_size < k:
@@ -196,7 +195,7 @@ def plan_memory(
         )
     pca_batch = next((b for b in candidates if pca_bytes(b) <= usable), None)
     # The smallest workable run: the smallest PCA batch, and decoding in-process.
-    floor = max(pca_bytes(candidates[-1]), _min_ingest_bytes(d, width, height, decode_cap))
+    floor = max(pca_bytes(candidates[-1]), min_ingest_bytes(d, width, height, decode_cap))
     if pca_batch is None or floor > usable:
         raise BudgetError(_too_small_message(
             budget, floor, k, width, height, solver, batch_size, decode_cap, features_dim,
@@ -211,7 +210,7 @@ def plan_memory(
     n_workers = max(1, cpu_count) if workers is None else workers
 
     def ingest_bytes(workers: int, rows: int) -> int:
-        return _ingest_bytes(workers, rows, d, width, height, decode_cap, stored)
+        return ingest_stage_bytes(workers, rows, d, width, height, decode_cap, stored)
 
     while n_workers > 0 and ingest_bytes(n_workers, segment_rows) > usable:
         n_workers -= 1
@@ -231,9 +230,10 @@ def plan_memory(
     if kmeans_bytes > usable:
         # A larger budget may plan a larger PCA batch, so advise for the largest there can be.
         widest = max(min(candidates[0], max(n_images, min_batch)), min_batch, 1024)
-        need = max(kmeans_bytes, _kmeans_bytes(n_images, k_out, max(max_k, 1), "stream", widest),
+        need = max(kmeans_bytes,
+                   kmeans_stage_bytes(n_images, k_out, max(max_k, 1), "stream", widest),
                    PARENT_BASE_BYTES + SCAN_PER_IMAGE * n_images,
-                   _report_bytes(n_images, max(max_k, 1), d))  # fmt: skip
+                   report_stage_bytes(n_images, max(max_k, 1), d))  # fmt: skip
         raise BudgetError(
             f"--mem-budget {format_bytes(budget)} is too small to cluster {n_images:,} images: "
             f"streamed k-means needs {format_bytes(kmeans_bytes)} (the labels and distances of "
@@ -275,19 +275,21 @@ def plan_memory(
     # one chunk being copied out.
     decoders = 0
     if not stored:
-        decoders = _decoders_bytes(n_workers, d, width, height, decode_cap) + DECODE_CHUNK * d
-    resident = _resident(n_images)
+        decoders = decoders_bytes(n_workers, d, width, height, decode_cap) + DECODE_CHUNK * d
+    resident = resident_bytes(n_images)
     stage_bytes = {
         "scan": PARENT_BASE_BYTES + SCAN_PER_IMAGE * n_images,
         "ingest": ingest_bytes(n_workers, segment_rows),
         "pca": pca_bytes(pca_batch, stored),
-        "embed": _embed_bytes(k, embed_batch, f, stored or features_dim is not None, resident,
-                              item) + decoders,
+        "embed": embed_stage_bytes(
+            k, embed_batch, f, stored or features_dim is not None, resident, item
+        )
+        + decoders,
         "kmeans": kmeans_bytes,
-        "report": _report_bytes(n_images, max(max_k, 1), d) + decoders,
+        "report": report_stage_bytes(n_images, max(max_k, 1), d) + decoders,
     }
     if space:  # the learned cluster space (--space tsne)
-        stage_bytes["space"] = _space_bytes(n_images, k_out)
+        stage_bytes["space"] = space_stage_bytes(n_images, k_out)
     if overlap_workers or not stored:
         stage_bytes["ingest+pca"] = overlap_bytes(overlap_workers)
     stage, need = max(stage_bytes.items(), key=lambda item: item[1])
@@ -340,8 +342,8 @@ def _too_small_message(
     lo, hi = 0, k
     while lo < hi:
         mid = (lo + hi + 1) // 2
-        need_mid = max(_pca_bytes(mid, mid, f, solver, itemsize=item),
-                       _min_ingest_bytes(d, width, height, cap))  # fmt: skip
+        need_mid = max(pca_stage_bytes(mid, mid, f, solver, itemsize=item),
+                       min_ingest_bytes(d, width, height, cap))  # fmt: skip
         ok = need_mid <= usable
         lo, hi = (mid, hi) if ok else (lo, mid - 1)
     fit_k = lo
@@ -351,7 +353,8 @@ def _too_small_message(
         w, h = max(1, int(width * mid_s)), max(1, int(height * mid_s))
         ok = (
             w * h >= k
-            and max(_pca_bytes(k, k, w * h, solver), _min_ingest_bytes(w * h, w, h, cap)) <= usable
+            and max(pca_stage_bytes(k, k, w * h, solver), min_ingest_bytes(w * h, w, h, cap))
+            <= usable
         )
         lo_s, hi_s = (mid_s, hi_s) if ok else (lo_s, mid_s)
     fit_w, fit_h = int(width * lo_s), int(height * lo_s)

@@ -29,7 +29,16 @@ __all__ = [
     "SPACE_BASE_BYTES",
     "SPACE_PER_SAMPLE_PAIR",
     "WORKER_BASE_BYTES",
+    "decoders_bytes",
     "embed_bytes",
+    "embed_stage_bytes",
+    "ingest_stage_bytes",
+    "kmeans_stage_bytes",
+    "min_ingest_bytes",
+    "pca_stage_bytes",
+    "report_stage_bytes",
+    "resident_bytes",
+    "space_stage_bytes",
 ]
 
 #: RSS of the main process with numpy, scikit-learn, h5py, OpenCV, pyvips and matplotlib
@@ -81,8 +90,8 @@ CODEC_IMPORT_BYTES = 6 * 2**20
 MIN_KMEANS_BATCH = 256
 
 
-def _decoders_bytes(workers: int, n_features: int, width: int, height: int, cap: int) -> int:
-    # decode workers (or decoding in the main process) and their results in flight, uint8
+def decoders_bytes(workers: int, n_features: int, width: int, height: int, cap: int) -> int:
+    """Decode workers (or decoding in the main process) and their uint8 results in flight."""
     in_flight = 2 * max(workers, 1) * DECODE_CHUNK * n_features
     decoders = workers * (WORKER_BASE_BYTES + decode_worker_bytes(width, height, cap))
     if workers == 0:  # decode in the main process
@@ -99,7 +108,7 @@ def _store_io(n_features: int, rows: int, stored: bool, itemsize: int = 1) -> in
     return store_io_bytes(n_features, dtype=dtype, rows=rows) + CODEC_IMPORT_BYTES
 
 
-def _ingest_bytes(
+def ingest_stage_bytes(
     workers: int,
     segment_rows: int,
     n_features: int,
@@ -108,18 +117,21 @@ def _ingest_bytes(
     cap: int,
     stored: bool = True,
 ) -> int:
-    decoders = _decoders_bytes(workers, n_features, width, height, cap)
+    """Modelled peak of the ingest stage: decoders, one store segment, the store's codec."""
+    decoders = decoders_bytes(workers, n_features, width, height, cap)
     io = _store_io(n_features, segment_rows, stored)
     return PARENT_BASE_BYTES + segment_rows * n_features + decoders + io
 
 
-def _min_ingest_bytes(n_features: int, width: int, height: int, cap: int) -> int:
-    return _ingest_bytes(0, MIN_SEGMENT_ROWS, n_features, width, height, cap)
+def min_ingest_bytes(n_features: int, width: int, height: int, cap: int) -> int:
+    """The smallest ingest the planner can make: decoding in-process, the smallest segment."""
+    return ingest_stage_bytes(0, MIN_SEGMENT_ROWS, n_features, width, height, cap)
 
 
-def _pca_bytes(
+def pca_stage_bytes(
     k: int, b: int, d: int, solver: str, stored: bool = True, itemsize: int = 1
 ) -> int:
+    """Modelled peak of the PCA stage: the model, the float32 batch, the solver workspace, reads."""
     # pca_memory_bytes counts the model, the float32 batch and the solver workspace (the
     # pipeline lets the solver centre the batch in place: copy=False); the batch is filled from
     # the store READ_ROWS rows at a time: uint8 pixels, or float32 --features rows (itemsize 4)
@@ -129,10 +141,15 @@ def _pca_bytes(
             + _store_io(d, READ_ROWS, stored, itemsize))  # fmt: skip
 
 
-def _embed_bytes(
-    k: int, b: int, d: int, stored: bool = False, base: int = PARENT_BASE_BYTES,
+def embed_stage_bytes(
+    k: int,
+    b: int,
+    d: int,
+    stored: bool = False,
+    base: int = PARENT_BASE_BYTES,
     itemsize: int = 1,
 ) -> int:
+    """Modelled peak of the embed stage: ``b`` rows of ``d`` values onto ``k`` components."""
     # components (float32) + mean (float64, float32) + the batch's rows (uint8 pixels, or
     # float32 --features rows: itemsize 4) + the float32 column block transform scales and
     # centres them into + features (float64 sum, one block's GEMM result, float32 copy,
@@ -142,32 +159,41 @@ def _embed_bytes(
     return base + k * d * 4 + d * 12 + itemsize * b * d + 4 * b * cb + b * k * 24 + io
 
 
-def _resident(n_images: int) -> int:
+def resident_bytes(n_images: int) -> int:
+    """What the runner's process tree holds after the PCA, before a later stage's own work."""
     # the runner's process tree after the PCA, before the stage's own work
     return PARENT_BASE_BYTES + RESIDENT_AFTER_PCA_BYTES + RESIDENT_PER_IMAGE * n_images
 
 
-def _kmeans_bytes(n_images: int, n_features: int, max_k: int, mode: Mode, batch: int) -> int:
+def kmeans_stage_bytes(n_images: int, n_features: int, max_k: int, mode: Mode, batch: int) -> int:
+    """Modelled peak of one k-means fit (any k <= ``max_k``) on a feature source of this mode."""
     # fit_kmeans, any k <= max_k, on a FeatureSource of this mode and batch size.
-    return _resident(n_images) + kmeans_memory_bytes(n_images, n_features, max_k, mode, batch)
+    return resident_bytes(n_images) + kmeans_memory_bytes(n_images, n_features, max_k, mode, batch)
 
 
-def _report_bytes(n_images: int, max_k: int, d: int) -> int:
+def report_stage_bytes(n_images: int, max_k: int, d: int) -> int:
+    """Modelled peak of the report stage."""
     # one batch of 128 pixel rows for the thumbnails, the k mean images (float64, and their
     # uint8 copies), model.h5 copied in 16 MiB blocks
     work = 128 * d + 9 * max_k * d + 16 * 2**20
-    return _resident(n_images) + REPORT_BASE_BYTES + REPORT_PER_IMAGE * n_images + work
+    return resident_bytes(n_images) + REPORT_BASE_BYTES + REPORT_PER_IMAGE * n_images + work
 
 
-def _space_bytes(n_images: int, n_components: int) -> int:
+def space_stage_bytes(n_images: int, n_components: int) -> int:
+    """Modelled peak of the space stage (:mod:`stream_cluster.stages.space`)."""
     # the space stage (stages/space.py): the leading features, every position and nearest-
     # sample distance, the sample's exact t-SNE, one placement block, one batch of feature rows
     s = min(SPACE_SAMPLE, n_images)
-    work = (4 * n_images * min(SPACE_DIMS, n_components) + 24 * n_images
-            + SPACE_PER_SAMPLE_PAIR * s * s + 4 * 4096 * s + 4 * 4096 * n_components)
-    return _resident(n_images) + SPACE_BASE_BYTES + work
+    work = (
+        4 * n_images * min(SPACE_DIMS, n_components)
+        + 24 * n_images
+        + SPACE_PER_SAMPLE_PAIR * s * s
+        + 4 * 4096 * s
+        + 4 * 4096 * n_components
+    )
+    return resident_bytes(n_images) + SPACE_BASE_BYTES + work
 
 
 def embed_bytes(n_components: int, batch: int, n_features: int) -> int:
     """Modelled peak of projecting ``batch`` rows onto the PCA (the embed stage, ``assign``)."""
-    return _embed_bytes(n_components, batch, n_features)
+    return embed_stage_bytes(n_components, batch, n_features)

@@ -97,7 +97,7 @@ def elbow(
     Each k also gets the silhouette of a fixed seeded sample of at most
     :data:`SILHOUETTE_SAMPLE` rows, recorded with its inertia so a resumed sweep keeps both.
 
-    Memory: one k-means fit at a time (see ``budget._kmeans_bytes``), plus the sample
+    Memory: one k-means fit at a time (see ``stage_bytes.kmeans_stage_bytes``), plus the sample
     (``4 * 2000 * n_components`` bytes: 6.4 MB for 800) and the silhouette's 2,000 x 2,000
     float64 distances (32 MB).
     """

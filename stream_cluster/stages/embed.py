@@ -44,7 +44,7 @@ def embed(
     loads the PCA.
 
     Memory: the model's components, one uint8 batch, ``transform``'s float32 column block and
-    the batch's features (see ``budget._embed_bytes``).
+    the batch's features (see ``stage_bytes.embed_stage_bytes``).
     """
     rows = np.arange(len(pixels)) if rows is None else np.asarray(rows, dtype=np.int64)
     n = len(rows)
