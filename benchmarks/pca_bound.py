@@ -306,8 +306,19 @@ def _track_signs_abs_argmax_3(block: np.ndarray, best: np.ndarray, sign: np.ndar
     _track_signs_abs_argmax(block, np.empty_like(block), best, sign)
 
 
+def _eigh_float32(G: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Every eigenpair in single precision (ssyevd), returned as float64 (the f32-eigh variant)."""
+    import scipy.linalg
+
+    lam, U = scipy.linalg.eigh(
+        G.astype(np.float32), overwrite_a=True, check_finite=False, driver="evd"
+    )
+    return lam[::-1].astype(np.float64), U[:, ::-1].astype(np.float64)
+
+
 VARIANTS: dict[str, dict[tuple[Any, str], Any]] = {
     "base": {},
+    "f32-eigh": {(U, "_eigh_descending"): _eigh_float32},
     "top-k": {(U, "_eigh_descending"): _eigh_top_k},
     "two-gemms": {(U, "_project"): _project_two_gemms},
     "wide-stats": {(U, "_stats_and_centre"): _stats_wide_slices},
