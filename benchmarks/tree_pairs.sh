@@ -4,22 +4,14 @@
 # their partitions agree (ARI of the first pair's labels; whether labels.csv is byte-identical).
 #   bash benchmarks/tree_pairs.sh PREV_TREE NEW_TREE OUT_DIR PAIRS [OPTIONS...]
 # e.g. bash benchmarks/tree_pairs.sh /work/wt-base21 /work/wt-new21 /tmp/p21 3 --space pca
-# Runs from /tmp: `python -m` puts the working directory ahead of PYTHONPATH.
+# Each run goes from /tmp (benchmarks/pairs_lib.sh).
 set -u
 prev=$1; new=$2; out=$3; pairs=$4; shift 4
 corpus=${CORPUS:-/work/data/clipart}
 seed=(--mem-budget 2G --components 800 --k 10 --no-progress "$@")
-mkdir -p "$out"; cd /tmp; : > "$out/times.txt"
-run() {  # tree name
-  local tree=$1 name=$2
-  rm -rf "$out/$name"
-  local s e; s=$(date +%s.%N)
-  PYTHONPATH=$tree python3 -m stream_cluster "$corpus" "${seed[@]}" --out "$out/$name" \
-    > "$out/$name.log" 2>&1
-  e=$(date +%s.%N)
-  echo "$name $(echo "$e - $s" | bc) $(python3 -c "import json;print(json.load(open('$out/$name/run.json'))['peak_rss_bytes'])")" >> "$out/times.txt"
-  rm -rf "$out/$name/pixels" "$out/$name/features" "$out/$name/descriptors"
-}
+mkdir -p "$out"; out=$(cd "$out" && pwd); : > "$out/times.txt"
+# shellcheck source=benchmarks/pairs_lib.sh
+. "$(dirname "$0")/pairs_lib.sh"
 for i in $(seq 1 "$pairs"); do
   run "$prev" "prev-$i"
   run "$new" "new-$i"
