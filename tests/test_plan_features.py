@@ -56,6 +56,20 @@ def test_plan_hog_pca_and_embed_use_hog_width(tmp_path: Path) -> None:
     assert got.stage_bytes["pca"] < pixels.stage_bytes["pca"]
 
 
+@pytest.mark.parametrize("features", ["hog", "onnx"])
+def test_plan_without_with_features_is_the_same_plan(tmp_path: Path, features: str) -> None:
+    """Check that plan() given a config that skipped with_features plans what the run will
+    need: the extractor's reserve and width included, as if with_features had been called."""
+    if features == "onnx":
+        features = f"onnx:{_conv_model(tmp_path / 'm.onnx')}"
+    raw = RunConfig(tmp_path, tmp_path / "o", mem_budget=2 * 2**30, features=features,
+                    **SEED)  # type: ignore[arg-type]  # fmt: skip
+    assert "features_bytes" not in raw.extra
+    checked = with_features(raw)[0]
+    assert int(checked.extra["features_bytes"]) > 0
+    assert plan(raw, N_SEED) == plan(checked, N_SEED)
+
+
 def test_plan_hog_decodes_before_the_pca(tmp_path: Path) -> None:
     """Check that the seed's HOG run at --mem-budget 2G decodes first and then fits the PCA
     (overlap only added memory and wall time there: decoding is the long stage), within the

@@ -70,6 +70,10 @@ def plan(
     ``decode_cap`` bounds each decode worker (default: any image); ``batch_size`` overrides the
     configured PCA batch (a resumed PCA keeps its own).
     """
+    if config.features != "pixels" and "features_dim" not in config.extra:
+        # A caller that skipped with_features: the extractor's reserve, width and component
+        # cap are still what the run will need.
+        config = with_features(config)[0]
     # --features: the extractor's bytes are set aside first (see with_features).
     reserve = int(config.extra.get("features_bytes", 0))
     if reserve >= config.mem_budget:
@@ -80,12 +84,7 @@ def plan(
     # The PCA and the embed read the descriptors/ store: features_dim float32 values per
     # image (HOG's length, or the ONNX model's output width, found by with_features); the
     # ingest and the report still hold the pixels.
-    features_dim = None
-    if config.features != "pixels":
-        if "features_dim" not in config.extra:  # a caller that skipped with_features
-            config = dataclasses.replace(config, extra={
-                **config.extra, "features_dim": with_features(config)[0].extra["features_dim"]})
-        features_dim = config.pca_dim
+    features_dim = None if config.features == "pixels" else config.pca_dim
     return plan_memory(
         config.mem_budget,
         n_images=n_images,
