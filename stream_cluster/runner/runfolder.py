@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -222,7 +223,8 @@ def repair(config: RunConfig, exc: CorruptSegmentError) -> bool:
     if path.parent == out / "descriptors":  # --features rows: computed again from the pixels
         from stream_cluster.images.features import parse_features
 
-        extractor = parse_features(config.features, threads=config.workers or 1)
+        # as many threads as the run's own extractor (with_features): --workers, or every CPU
+        extractor = parse_features(config.features, threads=config.workers or os.cpu_count() or 1)
         w, h = config.width, config.height
         pixels = RowStore(out / "pixels", config.n_features, np.uint8, config.store_compression)
         rows_of = RowStore(out / "descriptors", extractor.dim(w, h), np.float32)
