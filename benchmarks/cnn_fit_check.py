@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from stream_cluster.images.decode import decode_many
-from stream_cluster.images.features import OnnxFeatures
+from stream_cluster.images.onnx_features import OnnxFeatures
 
 ROOT = "/work/data/clipart"
 

@@ -54,7 +54,7 @@ from onnx import TensorProto, helper
 
 SIDE = 224
 OPSET = 18
-# stream-cluster's ImageNet normalisation (stream_cluster.images.features.IMAGENET_MEAN / _STD).
+# stream-cluster normalises by ImageNet mean and std (images.onnx_features.IMAGENET_MEAN, _STD).
 MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
 # x_model = x_in * SCALE + SHIFT: (v * 255 - 127) / 128 with v = x_in * STD + MEAN.
@@ -209,7 +209,7 @@ def export(out: Path, fit: str) -> torch.nn.Module:
 def check(out: Path, pooled: torch.nn.Module, fit: str, specs: list[str], per: int) -> float:
     """Largest |ONNX - torch| feature difference over ``per`` images of each folder."""
     from stream_cluster.images.decode import decode_many
-    from stream_cluster.images.features import OnnxFeatures
+    from stream_cluster.images.onnx_features import OnnxFeatures
 
     worst = 0.0
     for spec in specs:

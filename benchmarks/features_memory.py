@@ -49,7 +49,7 @@ def build_cnn(path: Path, channels: int) -> None:
 
 
 def child(model: str, width: int, height: int, images: int, threads: int) -> None:
-    from stream_cluster.images.features import OnnxFeatures
+    from stream_cluster.images.onnx_features import OnnxFeatures
 
     def peak() -> int:
         return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024

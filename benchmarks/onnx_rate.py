@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from stream_cluster.images.decode import decode_many
-from stream_cluster.images.features import OnnxFeatures
+from stream_cluster.images.onnx_features import OnnxFeatures
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -47,7 +47,8 @@ def main(argv: list[str] | None = None) -> None:
     for t, ts in times.items():
         med = statistics.median(ts)
         # OnnxFeatures measures its memory as growth of this process's peak RSS, so only the
-        # first session opened (as in a run, which opens one) gets a meaningful figure.
+        # first session opened (as in a run, which opens one) gets a meaningful figure (later
+        # ones with other thread counts are credited the import, not their own session).
         mem = extractors[t].memory_bytes(w, h) / 2**20 if t == first else None
         print(f"{a.folder} {a.size} threads={t}: {len(rows)} images, median {med:.2f} s "
               f"= {len(rows) / med:.1f} images/s (runs: {', '.join(f'{x:.2f}' for x in ts)})"

@@ -16,7 +16,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from stream_cluster import RunConfig
 from stream_cluster.errors import ConfigError, InputError
-from stream_cluster.images.features import HogFeatures, OnnxFeatures, parse_features
+from stream_cluster.images.features import HogFeatures, parse_features
+from stream_cluster.images.onnx_features import OnnxFeatures
 from stream_cluster.runner.pipeline import run
 from stream_cluster.stages.assign import assign
 
