@@ -15,7 +15,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from stream_cluster import RunConfig
-from stream_cluster.errors import ConfigError, InputError
+from stream_cluster.errors import BudgetError, ConfigError, InputError
 from stream_cluster.images.features import HogFeatures, parse_features
 from stream_cluster.images.onnx_features import OnnxFeatures
 from stream_cluster.runner.pipeline import run
@@ -75,7 +75,8 @@ def _conv_model(path: Path, *, channels: int = 1, shape: list[object] | None = N
 
 def test_hog_run_end_to_end_and_assign_gives_own_labels(images: Path, tmp_path: Path) -> None:
     """Check that a hog run writes labels, records hog in model.h5, fits the PCA on HOG rows,
-    and that assigning the run's own images gives their labels."""
+    and that assigning the run's own images gives their labels, the same with HOG computed in
+    the decode workers, and that assign's plan models the HOG-wide model."""
     out = tmp_path / "run"
     run(RunConfig(images, out, features="hog", **COMMON))  # type: ignore[arg-type]
     labels = _labels(out)
@@ -92,6 +93,13 @@ def test_hog_run_end_to_end_and_assign_gives_own_labels(images: Path, tmp_path: 
     with open(res.csv_path, newline="") as fh:
         got = {r["path"]: int(r["cluster"]) for r in csv.DictReader(fh)}
     assert got == labels
+    # HOG computed in two decode worker processes: the same file, byte for byte
+    two = assign(out, [images], out_csv=tmp_path / "b.csv", workers=2)
+    assert two.workers == 2
+    assert two.csv_path.read_bytes() == res.csv_path.read_bytes()
+    # assign's memory plan holds the model at HOG's width, not the pixels'
+    with pytest.raises(BudgetError, match=rf"\(8 x {dim} components\)"):
+        assign(out, [images], out_csv=tmp_path / "c.csv", mem_budget=64 * 2**20)
 
 
 def test_onnx_run_end_to_end_and_changed_file_refused(images: Path, tmp_path: Path) -> None:

@@ -30,7 +30,6 @@ __all__ = [
     "SPACE_PER_SAMPLE_PAIR",
     "WORKER_BASE_BYTES",
     "decoders_bytes",
-    "embed_bytes",
     "embed_stage_bytes",
     "ingest_stage_bytes",
     "kmeans_stage_bytes",
@@ -192,8 +191,3 @@ def space_stage_bytes(n_images: int, n_components: int) -> int:
         + 4 * 4096 * n_components
     )
     return resident_bytes(n_images) + SPACE_BASE_BYTES + work
-
-
-def embed_bytes(n_components: int, batch: int, n_features: int) -> int:
-    """Modelled peak of projecting ``batch`` rows onto the PCA (the embed stage, ``assign``)."""
-    return embed_stage_bytes(n_components, batch, n_features)

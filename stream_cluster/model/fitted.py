@@ -39,7 +39,7 @@ from stream_cluster.pca.streaming import StreamingPCA
 from stream_cluster.storage.checkpoint import open_h5
 from stream_cluster.storage.store import RowStore
 
-__all__ = ["FittedModel", "Match", "assign_batch", "load_model", "similar"]
+__all__ = ["FittedModel", "Match", "assign_batch", "assign_features", "load_model", "similar"]
 
 
 @dataclass
@@ -310,6 +310,14 @@ def assign_batch(model: FittedModel, rows: np.ndarray) -> tuple[np.ndarray, np.n
     cluster's training images.
     """
     x, scale = model.featurize(rows)
+    return assign_features(model, x, scale)
+
+
+def assign_features(
+    model: FittedModel, x: np.ndarray, scale: np.float32 | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`assign_batch` from what the PCA sees of each image (``featurize``'s output):
+    for a run whose features were computed elsewhere, e.g. HOG in the decode workers."""
     z = model.pca.transform(x, scale=scale)[:, : model.n_components]
     z = np.ascontiguousarray(z, dtype=np.float32)
     if model.space is None:

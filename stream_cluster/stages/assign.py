@@ -17,6 +17,7 @@ from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -28,9 +29,10 @@ from stream_cluster.images.decode import (
     decode_many,
     decode_worker_bytes,
 )
+from stream_cluster.images.features import FeatureDecode, split_rows
 from stream_cluster.images.scan import scan
-from stream_cluster.memory.stage_bytes import SAFETY, WORKER_BASE_BYTES, embed_bytes
-from stream_cluster.model.fitted import FittedModel, assign_batch, load_model
+from stream_cluster.memory.stage_bytes import SAFETY, WORKER_BASE_BYTES, embed_stage_bytes
+from stream_cluster.model.fitted import FittedModel, assign_batch, assign_features, load_model
 from stream_cluster.parallel.executor import Executor, InlineExecutor, LocalExecutor
 from stream_cluster.stages.base import Progress, run_to_end
 from stream_cluster.stages.ingest import CHUNK, decode_in_order
@@ -58,31 +60,45 @@ class AssignResult:
     workers: int
 
 
-def _plan(model: FittedModel, budget: int, workers: int | None) -> tuple[int, int]:
-    """Rows per batch and decode workers that keep the model, batch and workers under budget."""
+def _plan(
+    model: FittedModel, budget: int, workers: int | None, worker_extra: int = 0,
+    row_extra: int = 0,
+) -> tuple[int, int]:
+    """Rows per batch and decode workers that keep the model, batch and workers under budget.
+
+    ``worker_extra``: bytes a worker-side extractor (HOG) adds to each decoder; ``row_extra``:
+    the bytes of its features that travel with each decoded row.
+    """
     p = model.preprocessing
-    # --features may give more values per image than pixels: the model is sized on the larger.
-    d = max(p.width * p.height, int(model.pca.n_features_in_))
+    dp = p.width * p.height  # a decoded row's pixels (uint8)
+    df = int(model.pca.n_features_in_)  # what the PCA projects: pixels, or float32 features
+    item = 1 if model.features == "pixels" else 4
     k = int(model.pca.n_components_)
     usable = int(budget * SAFETY)
-    per_worker = WORKER_BASE_BYTES + decode_worker_bytes(p.width, p.height, DECODE_MEMORY_CAP)
+    per_worker = (WORKER_BASE_BYTES + decode_worker_bytes(p.width, p.height, DECODE_MEMORY_CAP)
+                  + worker_extra)  # fmt: skip
     want = max(1, os.cpu_count() or 1) if workers is None else workers
-    for n_workers in range(want, -1, -1):
-        decoders = n_workers * per_worker + 2 * max(n_workers, 1) * CHUNK * d
+
+    def need(b: int, n_workers: int) -> int:
+        # the interpreter, the model, one batch of what the PCA projects and transform's
+        # buffers; the batch buffer being filled (pixels, + features from the workers); the
+        # decoders and their chunks in flight
+        decoders = n_workers * per_worker + 2 * max(n_workers, 1) * CHUNK * (dp + row_extra)
         if n_workers == 0:
-            decoders = decode_worker_bytes(p.width, p.height, DECODE_MEMORY_CAP)
+            decoders = decode_worker_bytes(p.width, p.height, DECODE_MEMORY_CAP) + worker_extra
+        return embed_stage_bytes(k, b, df, itemsize=item) + b * (dp + row_extra) + decoders
+
+    for n_workers in range(want, -1, -1):
         for b in (1024, 512, 256, 128, 64, 32, 16, 8):
-            # embed_bytes counts the interpreter, the model, one batch and transform's buffers;
-            # the batch buffer being filled is one more b x d.
-            if embed_bytes(k, b, d) + b * d + decoders <= usable:
+            if need(b, n_workers) <= usable:
                 if workers is not None and n_workers < workers:
                     break
                 return b, n_workers
-    need = embed_bytes(k, 8, d) + 8 * d + decode_worker_bytes(p.width, p.height)
+    least = need(8, 0) / SAFETY
     raise BudgetError(
         f"--mem-budget {format_bytes(budget)} cannot hold this run's model "
-        f"({k} x {d} components) and one batch: about {format_bytes(need / SAFETY)} is needed. "
-        f"Use --mem-budget {format_bytes(need / SAFETY)} or more."
+        f"({k} x {df} components) and one batch: about {format_bytes(least)} is needed. "
+        f"Use --mem-budget {format_bytes(least)} or more."
     )
 
 
@@ -120,15 +136,20 @@ def iter_assign(
     when the distance is beyond the cluster's 99th percentile of training distances.
 
     Memory: the model's components, one batch of rows and its projection, and the decode
-    workers; the batch is chosen so that all of it stays within ``mem_budget``.
+    workers (which compute HOG for a HOG run, as its ingest did); the batch is chosen so that
+    all of it stays within ``mem_budget``.
     """
     run_dir = Path(run)
     model = load_model(run_dir)
-    # --features: a changed or missing ONNX file is refused before decoding; the extractor's
-    # bytes (it runs here, on each batch) are set aside from the budget.
+    # --features: a changed or missing ONNX file is refused before decoding. A worker-side
+    # extractor (HOG) runs in the decode workers, as in the run's ingest; another (ONNX) runs
+    # here on each batch, its bytes set aside from the budget.
     ext, p = model.extractor(), model.preprocessing
-    reserve = 0 if ext is None else ext.memory_bytes(p.width, p.height)
-    batch, n_workers = _plan(model, mem_budget - reserve, workers)
+    in_workers = ext is not None and ext.in_workers
+    reserve = 0 if ext is None or in_workers else ext.memory_bytes(p.width, p.height)
+    f_bytes = 4 * int(model.pca.n_features_in_) if in_workers else 0
+    worker_extra = ext.memory_bytes(p.width, p.height) if ext is not None and in_workers else 0
+    batch, n_workers = _plan(model, mem_budget - reserve, workers, worker_extra, f_bytes)
     csv_path = Path(out_csv) if out_csv is not None else run_dir / "assigned.csv"
     skipped_path = csv_path.with_name(csv_path.stem + "-skipped.csv")
     sources = list(_sources(inputs))
@@ -144,7 +165,7 @@ def iter_assign(
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(["path", "cluster", "distance", "novel"])
     skipped: list[tuple[str, str]] = []
-    buf = np.empty((batch, d), dtype=np.uint8)
+    buf = np.empty((batch, d + f_bytes), dtype=np.uint8)
     shown: list[str] = []
     done = n_novel = 0
 
@@ -152,7 +173,11 @@ def iter_assign(
         nonlocal n_novel
         if not shown:
             return
-        labels, dist, novel = assign_batch(model, buf[: len(shown)])
+        if in_workers:
+            _, feats = split_rows(buf[: len(shown)], p.width, p.height)
+            labels, dist, novel = assign_features(model, feats)
+        else:
+            labels, dist, novel = assign_batch(model, buf[: len(shown)])
         for name, c, r, nv in zip(shown, labels, dist, novel):
             writer.writerow([name, int(c), f"{r:.6g}", "true" if nv else "false"])
         n_novel += int(novel.sum())
@@ -165,8 +190,11 @@ def iter_assign(
         yield Progress("assign", 0, total)
         for root, files in sources:
             chunks = [files[i : i + CHUNK] for i in range(0, len(files), CHUNK)]
-            fn = partial(decode_many, memory_cap=DECODE_MEMORY_CAP)
-            task = DecodeTask(fn, os.fspath(root), p.width, p.height)
+            fn: Any = partial(decode_many, memory_cap=DECODE_MEMORY_CAP)
+            if in_workers and ext is not None:
+                fn = FeatureDecode(ext, DECODE_MEMORY_CAP)
+            row_bytes = d + f_bytes if in_workers else 0
+            task = DecodeTask(fn, os.fspath(root), p.width, p.height, row_bytes)
             rel_chunks = [[rel for rel, _ in chunk] for chunk in chunks]
             for chunk, (rows, reasons) in zip(chunks, decode_in_order(executor, task, rel_chunks)):
                 for (_, name), row, why in zip(chunk, rows, reasons):
