@@ -145,11 +145,16 @@ def iter_assign(
     # extractor (HOG) runs in the decode workers, as in the run's ingest; another (ONNX) runs
     # here on each batch, its bytes set aside from the budget.
     ext, p = model.extractor(), model.preprocessing
+    ext_bytes = 0 if ext is None else ext.memory_bytes(p.width, p.height)
     in_workers = ext is not None and ext.in_workers
-    reserve = 0 if ext is None or in_workers else ext.memory_bytes(p.width, p.height)
     f_bytes = 4 * int(model.pca.n_features_in_) if in_workers else 0
-    worker_extra = ext.memory_bytes(p.width, p.height) if ext is not None and in_workers else 0
-    batch, n_workers = _plan(model, mem_budget - reserve, workers, worker_extra, f_bytes)
+    if in_workers:
+        batch, n_workers = _plan(model, mem_budget, workers, ext_bytes, f_bytes)
+        # One worker or none: this process computing HOG beside the one decoder is faster.
+        in_workers = n_workers >= 2
+        f_bytes = f_bytes if in_workers else 0
+    if not in_workers:
+        batch, n_workers = _plan(model, mem_budget - ext_bytes, workers)
     csv_path = Path(out_csv) if out_csv is not None else run_dir / "assigned.csv"
     skipped_path = csv_path.with_name(csv_path.stem + "-skipped.csv")
     sources = list(_sources(inputs))
