@@ -160,13 +160,11 @@ def embed_stage_bytes(
 
 def resident_bytes(n_images: int) -> int:
     """What the runner's process tree holds after the PCA, before a later stage's own work."""
-    # the runner's process tree after the PCA, before the stage's own work
     return PARENT_BASE_BYTES + RESIDENT_AFTER_PCA_BYTES + RESIDENT_PER_IMAGE * n_images
 
 
 def kmeans_stage_bytes(n_images: int, n_features: int, max_k: int, mode: Mode, batch: int) -> int:
     """Modelled peak of one k-means fit (any k <= ``max_k``) on a feature source of this mode."""
-    # fit_kmeans, any k <= max_k, on a FeatureSource of this mode and batch size.
     return resident_bytes(n_images) + kmeans_memory_bytes(n_images, n_features, max_k, mode, batch)
 
 

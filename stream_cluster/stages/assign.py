@@ -164,7 +164,6 @@ def iter_assign(
             f"No images found in {', '.join(os.fspath(i) for i in inputs)} (looked recursively "
             f"for .png .jpg .jpeg .bmp .tif .tiff .webp .gif). Give image files or folders."
         )
-    p = model.preprocessing
     d = p.width * p.height
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
